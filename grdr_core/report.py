@@ -1,0 +1,71 @@
+"""Summaries of an index on disk, for ``grdr-index inspect``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pyarrow.compute as pc
+
+from grdr_core.index import Index
+from grdr_core.manifest import read_manifest
+
+
+def _bytes_under(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def index_report(index: Index) -> dict[str, Any]:
+    """Return counts by status, semantic-ID statistics and bytes per component."""
+    layout = index.layout
+    statuses = read_manifest(layout.manifest_dir, columns=["status"])["status"]
+    by_status = {row["values"]: row["counts"] for row in pc.value_counts(statuses).to_pylist()}
+
+    stats = index.trie.stats()
+    sizes = index.trie.codebook_sizes
+    tokenizer = index.header["tokenizer"]
+    return {
+        "index": str(layout.root),
+        "format_version": index.header["format_version"],
+        "encoder": index.header["encoder"],
+        "videos": {"discovered": int(sum(by_status.values())), "indexed": len(index.shards), "by_status": dict(sorted(by_status.items()))},
+        "semantic_ids": {
+            "tokenizer": tokenizer["name"],
+            "views": tokenizer["views"],
+            "levels": index.trie.levels,
+            "codebook_sizes": sizes,
+            "distinct_ids": stats.distinct_ids,
+            "largest_posting_list": stats.largest_posting,
+            "mean_posting_list": round(stats.mean_posting, 3),
+            "codes_used_per_level": stats.codes_used_per_level,
+            "codebook_use_per_level": [round(used / size, 4) if size else 0.0 for used, size in zip(stats.codes_used_per_level, sizes)],
+        },
+        "bytes": {
+            "manifest": _bytes_under(layout.manifest_dir),
+            "shards": _bytes_under(layout.shards_dir),
+            "trie": _bytes_under(layout.trie),
+            "model": _bytes_under(layout.model_dir),
+            "header": _bytes_under(layout.header),
+        },
+    }
+
+
+def format_report(report: dict[str, Any]) -> str:
+    videos = report["videos"]
+    ids = report["semantic_ids"]
+    lines = [
+        f"index        {report['index']} (format {report['format_version']})",
+        f"encoder      {report['encoder']['name']} ({report['encoder']['checksum'][:23]}..., dim {report['encoder']['dim']})",
+        f"videos       {videos['discovered']} discovered, {videos['indexed']} indexed",
+    ]
+    lines += [f"  {status:<16} {count}" for status, count in videos["by_status"].items()]
+    lines += [
+        f"semantic IDs {ids['tokenizer']}, {ids['views']} view(s) x {ids['levels']} levels, codebooks {ids['codebook_sizes']}",
+        f"  distinct IDs       {ids['distinct_ids']}",
+        f"  largest posting    {ids['largest_posting_list']} (mean {ids['mean_posting_list']})",
+        "  codebook use       " + ", ".join(f"L{level} {used}/{size}" for level, (used, size) in enumerate(zip(ids["codes_used_per_level"], ids["codebook_sizes"]))),
+        "bytes        " + ", ".join(f"{name} {size:,}" for name, size in report["bytes"].items()),
+    ]
+    return "\n".join(lines)

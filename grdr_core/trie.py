@@ -1,0 +1,142 @@
+"""Semantic-ID trie in LMDB: allowed next codes per prefix and posting lists per full ID."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import lmdb
+import numpy as np
+
+from grdr_core.errors import IndexFormatError, InvalidInputError
+from grdr_schemas.trie import CODE_DTYPE, DB_CHILDREN, DB_META, DB_POSTINGS, ORDINAL_DTYPE, TRIE_FORMAT_VERSION
+
+logger = logging.getLogger(__name__)
+
+_MAX_DBS = 3
+
+
+def pack_codes(codes: np.ndarray | tuple[int, ...] | list[int]) -> bytes:
+    return np.asarray(codes, dtype=CODE_DTYPE).tobytes()
+
+
+def children_key(prefix: np.ndarray | tuple[int, ...] | list[int]) -> bytes:
+    return bytes([len(prefix)]) + pack_codes(prefix)
+
+
+def unpack_codes(key: bytes) -> tuple[int, ...]:
+    return tuple(int(c) for c in np.frombuffer(key, dtype=CODE_DTYPE))
+
+
+def write_trie(path: Path, codes: np.ndarray, codebook_sizes: list[int]) -> None:
+    """Write the trie of ``codes``, an ``(n, views, levels)`` array indexed by ordinal.
+
+    Keys are sorted before writing and appended by one writer in one transaction, so
+    the same codes always give a byte-identical file.
+    """
+    codes = np.asarray(codes)
+    if codes.ndim != 3:
+        raise InvalidInputError(f"Expected codes of shape (n, views, levels), got {codes.shape}")
+    num_videos, views, levels = codes.shape
+
+    postings: dict[bytes, set[int]] = defaultdict(set)
+    children: dict[bytes, set[int]] = defaultdict(set)
+    for ordinal in range(num_videos):
+        for view in range(views):
+            semantic_id = codes[ordinal, view]
+            postings[pack_codes(semantic_id)].add(ordinal)
+            for level in range(levels):
+                children[children_key(semantic_id[:level])].add(int(semantic_id[level]))
+
+    children_items = [(k, np.array(sorted(v), dtype=CODE_DTYPE).tobytes()) for k, v in sorted(children.items())]
+    posting_items = [(k, np.array(sorted(v), dtype=ORDINAL_DTYPE).tobytes()) for k, v in sorted(postings.items())]
+    meta_items = sorted(
+        [
+            (b"format_version", json.dumps(TRIE_FORMAT_VERSION).encode()),
+            (b"levels", json.dumps(levels).encode()),
+            (b"codebook_sizes", json.dumps(list(codebook_sizes)).encode()),
+        ]
+    )
+
+    payload = sum(len(k) + len(v) for k, v in children_items + posting_items)
+    # LMDB needs an upper bound for the file; on Linux the file only grows to the pages used.
+    map_size = max(1 << 24, 4 * payload + 64 * (len(children_items) + len(posting_items)))
+    env = lmdb.open(str(path), subdir=False, map_size=map_size, max_dbs=_MAX_DBS, lock=False, meminit=True)
+    try:
+        with env.begin(write=True) as txn:
+            for name, items in ((DB_CHILDREN, children_items), (DB_POSTINGS, posting_items), (DB_META, meta_items)):
+                db = env.open_db(name, txn=txn)
+                consumed, added = txn.cursor(db).putmulti(items, append=True)
+                if added != len(items):
+                    raise IndexFormatError(f"Trie write to {name!r} stored {added} of {len(items)} keys")
+    finally:
+        env.close()
+    logger.info("Wrote trie %s: %d prefixes, %d semantic IDs", path, len(children_items), len(posting_items))
+
+
+@dataclass(frozen=True)
+class TrieStats:
+    distinct_ids: int
+    largest_posting: int
+    mean_posting: float
+    codes_used_per_level: list[int]
+
+
+class TrieReader:
+    """Read-only access to a trie file; safe to share between threads."""
+
+    def __init__(self, path: Path) -> None:
+        if not Path(path).is_file():
+            raise IndexFormatError(f"Trie file not found: {path}")
+        try:
+            self._env = lmdb.open(str(path), subdir=False, readonly=True, lock=False, max_dbs=_MAX_DBS)
+            self._children = self._env.open_db(DB_CHILDREN, create=False)
+            self._postings = self._env.open_db(DB_POSTINGS, create=False)
+            meta_db = self._env.open_db(DB_META, create=False)
+        except lmdb.Error as exc:
+            raise IndexFormatError(f"Cannot open trie {path}: {exc}") from exc
+        with self._env.begin(db=meta_db) as txn:
+            meta = {k.decode(): json.loads(v) for k, v in txn.cursor()}
+        if meta.get("format_version") != TRIE_FORMAT_VERSION:
+            raise IndexFormatError(f"Trie {path} has format version {meta.get('format_version')}, expected {TRIE_FORMAT_VERSION}")
+        self.levels: int = meta["levels"]
+        self.codebook_sizes: list[int] = meta["codebook_sizes"]
+
+    def close(self) -> None:
+        self._env.close()
+
+    def children(self, prefix: tuple[int, ...] | list[int]) -> np.ndarray:
+        """Return the codes that may follow ``prefix`` (empty when the prefix is unknown)."""
+        with self._env.begin(db=self._children, buffers=True) as txn:
+            value = txn.get(children_key(prefix))
+            return np.frombuffer(bytes(value), dtype=CODE_DTYPE).astype(np.int64) if value is not None else np.empty(0, np.int64)
+
+    def postings(self, semantic_id: tuple[int, ...] | list[int]) -> np.ndarray:
+        """Return the ordinals filed under a full semantic ID (empty when unknown)."""
+        with self._env.begin(db=self._postings, buffers=True) as txn:
+            value = txn.get(pack_codes(semantic_id))
+            return np.frombuffer(bytes(value), dtype=ORDINAL_DTYPE).astype(np.int64) if value is not None else np.empty(0, np.int64)
+
+    def stats(self) -> TrieStats:
+        """Return statistics over all postings, reading the whole postings database."""
+        used: list[set[int]] = [set() for _ in range(self.levels)]
+        distinct = 0
+        largest = 0
+        total = 0
+        with self._env.begin(db=self._postings, buffers=True) as txn:
+            for key, value in txn.cursor():
+                distinct += 1
+                size = len(value) // ORDINAL_DTYPE.itemsize
+                largest = max(largest, size)
+                total += size
+                for level, code in enumerate(np.frombuffer(bytes(key), dtype=CODE_DTYPE)):
+                    used[level].add(int(code))
+        return TrieStats(
+            distinct_ids=distinct,
+            largest_posting=largest,
+            mean_posting=total / distinct if distinct else 0.0,
+            codes_used_per_level=[len(u) for u in used],
+        )

@@ -1,0 +1,1 @@
+"""Runnable grdr jobs and the ``grdr-index`` command-line interface."""

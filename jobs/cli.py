@@ -1,0 +1,150 @@
+"""The ``grdr-index`` command-line interface."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+import click
+
+from grdr_core.errors import GrdrError
+
+logger = logging.getLogger("grdr_jobs.cli")
+
+
+def _quiet_transformers() -> None:
+    # Model loading draws its own progress bars on stderr, which garble ours and --json output.
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()
+
+
+def _configure_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+@click.group()
+@click.option("-v", "--verbose", is_flag=True, help="Log debug messages.")
+def cli(verbose: bool) -> None:
+    """Build and query grdr text-to-video retrieval indexes."""
+    _configure_logging(verbose)
+
+
+@cli.command()
+@click.argument("input_dir", type=click.Path(path_type=Path))
+@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Directory to publish the index at.")
+@click.option("--model", default=None, help="CLIP model: Hugging Face hub name or local directory [default: openai/clip-vit-base-patch32].")
+@click.option("--device", default="cpu", show_default=True, help='Torch device for the image encoder, e.g. "cpu" or "cuda".')
+@click.option("--frames", "num_frames", default=12, show_default=True, type=click.IntRange(min=1), help="Frames sampled uniformly per video.")
+@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1), help="Frames per encoder forward pass.")
+@click.option("--workers", default=None, type=click.IntRange(min=1), help="Decoder worker processes [default: number of CPUs].")
+@click.option("--timeout", "timeout_s", default=120.0, show_default=True, type=click.FloatRange(min=0, min_open=True), help="Wall-clock limit per video decode, in seconds.")
+@click.option("--levels", default=3, show_default=True, type=click.IntRange(min=1), help="Semantic-ID levels (residual quantization depth).")
+@click.option("--codes", "codes_per_level", default=128, show_default=True, type=click.IntRange(min=1, max=65535), help="Codes per level; fewer are used for small corpora.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the quantizer's k-means.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing index at --out.")
+def build(
+    input_dir: Path,
+    out_dir: Path,
+    model: str | None,
+    device: str,
+    num_frames: int,
+    batch_size: int,
+    workers: int | None,
+    timeout_s: float,
+    levels: int,
+    codes_per_level: int,
+    seed: int,
+    overwrite: bool,
+) -> None:
+    """Index every video under INPUT_DIR and publish the index at --out."""
+    from tqdm import tqdm
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    from grdr_core.build import BuildConfig, build_index
+    from grdr_core.decode import DecodeConfig
+    from grdr_core.features import DEFAULT_MODEL, EncoderConfig
+    from grdr_core.quantize import QuantizerConfig
+
+    _quiet_transformers()
+    config = BuildConfig(
+        input_root=input_dir,
+        out_dir=out_dir,
+        decode=DecodeConfig(num_frames=num_frames, timeout_s=timeout_s),
+        encoder=EncoderConfig(model=model or DEFAULT_MODEL, device=device, batch_size=batch_size),
+        quantizer=QuantizerConfig(levels=levels, codes_per_level=codes_per_level, seed=seed),
+        workers=workers or max(1, os.cpu_count() or 1),
+        overwrite=overwrite,
+    )
+    with logging_redirect_tqdm(), tqdm(unit="video", desc="indexing", dynamic_ncols=True) as bar:
+        summary = build_index(config, progress=lambda file, status: bar.update(1))
+    click.echo(f"Indexed {summary.out_dir}: {summary.describe()}")
+
+
+@cli.command()
+@click.argument("index_dir", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def inspect(index_dir: Path, as_json: bool) -> None:
+    """Print counts, semantic-ID statistics and sizes of an index."""
+    from grdr_core.index import open_index
+    from grdr_core.report import format_report, index_report
+
+    index = open_index(index_dir)
+    try:
+        report = index_report(index)
+    finally:
+        index.close()
+    click.echo(json.dumps(report, indent=2) if as_json else format_report(report))
+
+
+@cli.command()
+@click.argument("index_dir", type=click.Path(path_type=Path))
+@click.argument("text")
+@click.option("-k", "k", default=10, show_default=True, type=click.IntRange(min=1), help="Number of results.")
+@click.option("--model", default=None, help="Encoder to load instead of the one recorded in the index (a local directory of the same weights).")
+@click.option("--device", default="cpu", show_default=True, help="Torch device for the text encoder.")
+@click.option("--json", "as_json", is_flag=True, help="Print results as JSON.")
+def search(index_dir: Path, text: str, k: int, model: str | None, device: str, as_json: bool) -> None:
+    """Exact dense search: score TEXT against every indexed video."""
+    from grdr_core.index import open_index
+    from grdr_core.search import load_query_encoder, search_text
+
+    _quiet_transformers()
+    index = open_index(index_dir)
+    try:
+        encoder = load_query_encoder(index, model=model, device=device)
+        hits = search_text(index, encoder, text, k)
+    finally:
+        index.close()
+    if as_json:
+        click.echo(json.dumps({"query": text, "results": [asdict(h) for h in hits]}, indent=2))
+        return
+    for hit in hits:
+        click.echo(f"{hit.rank:>3}  {hit.score:+.4f}  {hit.video_id}")
+
+
+def main() -> None:
+    """Run the CLI; a grdr error prints one line and exits with status 1."""
+    try:
+        cli.main(standalone_mode=False)
+    except GrdrError as exc:
+        click.echo(f"grdr-index: error: {exc}", err=True)
+        sys.exit(1)
+    except click.exceptions.Abort:
+        click.echo("grdr-index: aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,49 @@
+"""Packaging for grdr.
+
+The top-level folders ``schemas/``, ``pipelines/`` and ``jobs/`` install under
+project-specific import names (``grdr_schemas``, ``grdr_pipelines``, ``grdr_jobs``)
+so that nothing generic lands in site-packages.
+"""
+
+from setuptools import setup
+
+setup(
+    name="grdr",
+    version="0.1.0",
+    description="Text-to-video retrieval with generative recall and dense reranking",
+    python_requires=">=3.11",
+    packages=[
+        "grdr_core",
+        "grdr_core.testing",
+        "grdr_schemas",
+        "grdr_pipelines",
+        "grdr_jobs",
+    ],
+    package_dir={
+        "grdr_core": "grdr_core",
+        "grdr_schemas": "schemas",
+        "grdr_pipelines": "pipelines",
+        "grdr_jobs": "jobs",
+    },
+    install_requires=[
+        "numpy>=1.26",
+        "pyarrow>=15",
+        "lmdb>=1.4",
+        "torch>=2.2",
+        "transformers>=4.40",
+        "safetensors>=0.4",
+        "scikit-learn>=1.4",
+        "decord>=0.6",
+        "av>=12",
+        "pebble>=5.0",
+        "click>=8.1",
+        "tqdm>=4.66",
+        "psutil>=5.9",
+    ],
+    extras_require={
+        "beam": ["apache-beam>=2.60"],
+        "ray": ["ray[data]>=2.40"],
+        "test": ["pytest>=8"],
+    },
+    entry_points={"console_scripts": ["grdr-index=grdr_jobs.cli:main"]},
+)

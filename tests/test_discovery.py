@@ -1,0 +1,81 @@
+from pathlib import Path
+
+import pytest
+
+from grdr_core.discovery import discover_videos, fingerprint_file
+from grdr_core.errors import InvalidInputError
+
+
+def _touch(path: Path, data: bytes = b"x") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
+
+
+def test_discovery_walks_recursively_by_extension(tmp_path):
+    _touch(tmp_path / "a.mp4")
+    _touch(tmp_path / "sub" / "b.MKV")
+    _touch(tmp_path / "sub" / "deeper" / "c.webm")
+    _touch(tmp_path / "notes.txt")
+    _touch(tmp_path / "sub" / "captions.json")
+
+    ids = [v.video_id for v in discover_videos(tmp_path)]
+
+    assert ids == ["a.mp4", "sub/b.MKV", "sub/deeper/c.webm"]
+
+
+def test_same_names_in_different_folders_get_distinct_ids(tmp_path):
+    _touch(tmp_path / "x" / "clip.mp4", b"1")
+    _touch(tmp_path / "y" / "clip.mp4", b"2")
+    _touch(tmp_path / "clip.mp4", b"3")
+    _touch(tmp_path / "clip.avi", b"4")
+
+    videos = discover_videos(tmp_path)
+    ids = [v.video_id for v in videos]
+
+    assert len(ids) == 4
+    assert len(set(ids)) == 4
+
+
+def test_ids_are_stable_across_roots_and_runs(tmp_path):
+    _touch(tmp_path / "data" / "s" / "v.mp4")
+    first = discover_videos(tmp_path / "data")
+    second = discover_videos(str(tmp_path / "data" / ".." / "data"))
+
+    assert first == second
+    assert first[0].video_id == "s/v.mp4"
+    assert first[0].uri == str((tmp_path / "data" / "s" / "v.mp4").resolve())
+
+
+def test_fingerprint_tracks_content(tmp_path):
+    a = _touch(tmp_path / "a.mp4", b"hello")
+    b = _touch(tmp_path / "b.mp4", b"hello")
+    c = _touch(tmp_path / "c.mp4", b"hellp")
+
+    assert fingerprint_file(a, 5) == fingerprint_file(b, 5)
+    assert fingerprint_file(a, 5) != fingerprint_file(c, 5)
+
+
+def test_large_file_fingerprint_samples_the_middle(tmp_path):
+    size = 8 << 20
+    data = bytearray(size)
+    a = _touch(tmp_path / "a.mp4", bytes(data))
+    data[size // 2] = 1
+    b = _touch(tmp_path / "b.mp4", bytes(data))
+
+    fa = fingerprint_file(a, size)
+    fb = fingerprint_file(b, size)
+
+    assert fa.startswith("blake2b-sampled:")
+    assert fa != fb
+
+
+def test_empty_file_is_discovered_with_size_zero(tmp_path):
+    _touch(tmp_path / "empty.webm", b"")
+    (video,) = discover_videos(tmp_path)
+    assert video.size_bytes == 0
+
+
+def test_missing_root_raises(tmp_path):
+    with pytest.raises(InvalidInputError, match="not found"):
+        discover_videos(tmp_path / "nope")

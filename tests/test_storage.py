@@ -1,0 +1,170 @@
+"""Shard store, manifest, quantizer and trie: the on-disk components."""
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from grdr_core.errors import IndexFormatError, InvalidInputError
+from grdr_core.quantize import QuantizerConfig, ResidualKMeansTokenizer, effective_codes
+from grdr_core.search import exact_dense_search
+from grdr_core.shards import ShardReader, ShardWriter
+from grdr_core.trie import TrieReader, write_trie
+from grdr_schemas.shards import SHARD_DTYPE
+
+
+def _unit(rng, n, dim):
+    x = rng.standard_normal((n, dim)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def test_shards_round_trip_across_shard_boundaries(tmp_path):
+    rng = np.random.default_rng(0)
+    data = _unit(rng, 23, 8)
+    writer = ShardWriter(tmp_path, dim=8, records_per_shard=5)
+    assert list(writer.append(data[:7])) == list(range(7))
+    assert list(writer.append(data[7:])) == list(range(7, 23))
+    assert writer.close() == 23
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"{i:05d}.npy" for i in range(5)]
+
+    reader = ShardReader(tmp_path, count=23, dim=8, records_per_shard=5)
+    ordinals = [22, 0, 5, 4, 13, 13]
+    np.testing.assert_allclose(reader.get(ordinals), data[ordinals].astype(SHARD_DTYPE).astype(np.float32))
+
+
+def test_shard_reader_memory_maps(tmp_path):
+    writer = ShardWriter(tmp_path, dim=4, records_per_shard=3)
+    writer.append(np.ones((4, 4), np.float32))
+    writer.close()
+    reader = ShardReader(tmp_path, count=4, dim=4, records_per_shard=3)
+    assert all(isinstance(s, np.memmap) for s in reader._shards)
+
+
+def test_shard_reader_rejects_bad_ordinals_and_shapes(tmp_path):
+    writer = ShardWriter(tmp_path, dim=4, records_per_shard=3)
+    writer.append(np.ones((4, 4), np.float32))
+    writer.close()
+    reader = ShardReader(tmp_path, count=4, dim=4, records_per_shard=3)
+    with pytest.raises(InvalidInputError):
+        reader.get([4])
+    with pytest.raises(IndexFormatError, match="shape"):
+        ShardReader(tmp_path, count=5, dim=4, records_per_shard=3)
+    with pytest.raises(InvalidInputError):
+        writer.append(np.ones((1, 5), np.float32))
+
+
+def test_exact_search_ranks_planted_vectors(tmp_path):
+    rng = np.random.default_rng(1)
+    data = _unit(rng, 50, 16)
+    writer = ShardWriter(tmp_path, dim=16, records_per_shard=7)
+    writer.append(data)
+    writer.close()
+    reader = ShardReader(tmp_path, count=50, dim=16, records_per_shard=7)
+
+    queries = data[[3, 41]]
+    ordinals, scores = exact_dense_search(reader, queries, k=5, block_size=4)
+
+    assert ordinals.shape == (2, 5)
+    assert ordinals[0, 0] == 3
+    assert ordinals[1, 0] == 41
+    assert np.all(np.diff(scores, axis=1) <= 0)
+    expected = np.argsort(-(data.astype(np.float16).astype(np.float32) @ queries.T).T, axis=1, kind="stable")[:, :5]
+    np.testing.assert_array_equal(ordinals, expected)
+
+
+def test_exact_search_k_larger_than_store(tmp_path):
+    writer = ShardWriter(tmp_path, dim=4, records_per_shard=8)
+    writer.append(np.eye(4, dtype=np.float32)[:3])
+    writer.close()
+    reader = ShardReader(tmp_path, count=3, dim=4, records_per_shard=8)
+    ordinals, _ = exact_dense_search(reader, np.eye(4, dtype=np.float32)[:1], k=10)
+    assert ordinals.shape == (1, 3)
+    assert ordinals[0, 0] == 0
+
+
+def test_effective_codes_shrinks_for_small_corpora():
+    assert effective_codes(128, 11, 11) == 3
+    assert effective_codes(128, 1_000_000, 1_000_000) == 128
+    assert effective_codes(128, 100, 2) == 2
+    assert effective_codes(128, 1, 1) == 1
+
+
+def test_quantizer_is_deterministic_and_reconstructs(tmp_path):
+    rng = np.random.default_rng(2)
+    data = _unit(rng, 400, 16)
+    config = QuantizerConfig(levels=3, codes_per_level=16, seed=7)
+
+    first = ResidualKMeansTokenizer(config).fit(data)
+    second = ResidualKMeansTokenizer(config).fit(data)
+    codes = first.encode(data)
+
+    assert codes.shape == (400, 1, 3)
+    assert codes.dtype == np.uint16
+    np.testing.assert_array_equal(codes, second.encode(data))
+    assert first.codebook_sizes == [16, 16, 16]
+
+    reconstruction = sum(first.codebooks[level][codes[:, 0, level]] for level in range(3))
+    one_level = first.codebooks[0][codes[:, 0, 0]]
+    assert np.linalg.norm(data - reconstruction, axis=1).mean() < np.linalg.norm(data - one_level, axis=1).mean()
+
+    first.save(tmp_path / "model")
+    loaded = ResidualKMeansTokenizer.load(tmp_path / "model")
+    np.testing.assert_array_equal(loaded.encode(data), codes)
+
+
+def test_quantizer_rejects_bad_config():
+    with pytest.raises(InvalidInputError, match="levels"):
+        QuantizerConfig(levels=0)
+    with pytest.raises(InvalidInputError, match="codes_per_level"):
+        QuantizerConfig(codes_per_level=70000)
+
+
+def test_trie_children_and_postings(tmp_path):
+    codes = np.array(
+        [
+            [[1, 2, 3]],
+            [[1, 2, 4]],
+            [[1, 5, 0]],
+            [[7, 0, 0]],
+            [[1, 2, 3]],
+        ],
+        dtype=np.uint16,
+    )
+    write_trie(tmp_path / "trie.lmdb", codes, [8, 8, 8])
+    trie = TrieReader(tmp_path / "trie.lmdb")
+
+    assert trie.children(()).tolist() == [1, 7]
+    assert trie.children((1,)).tolist() == [2, 5]
+    assert trie.children((1, 2)).tolist() == [3, 4]
+    assert trie.children((9,)).tolist() == []
+    assert trie.postings((1, 2, 3)).tolist() == [0, 4]
+    assert trie.postings((7, 0, 0)).tolist() == [3]
+    assert trie.postings((7, 0, 1)).tolist() == []
+
+    stats = trie.stats()
+    assert stats.distinct_ids == 4
+    assert stats.largest_posting == 2
+    assert stats.codes_used_per_level == [2, 3, 3]
+    assert not (tmp_path / "trie.lmdb-lock").exists()
+
+
+def test_trie_multi_view_posts_each_view(tmp_path):
+    codes = np.array([[[1, 1], [2, 2]], [[1, 1], [1, 1]]], dtype=np.uint16)
+    write_trie(tmp_path / "trie.lmdb", codes, [4, 4])
+    trie = TrieReader(tmp_path / "trie.lmdb")
+    assert trie.postings((1, 1)).tolist() == [0, 1]
+    assert trie.postings((2, 2)).tolist() == [0]
+
+
+def test_trie_bytes_are_reproducible(tmp_path):
+    codes = np.random.default_rng(3).integers(0, 50, (2000, 2, 3)).astype(np.uint16)
+    write_trie(tmp_path / "a.lmdb", codes, [50, 50, 50])
+    write_trie(tmp_path / "b.lmdb", codes, [50, 50, 50])
+    digest = lambda p: hashlib.sha256(Path(p).read_bytes()).hexdigest()  # noqa: E731
+    assert digest(tmp_path / "a.lmdb") == digest(tmp_path / "b.lmdb")
+
+
+def test_trie_missing_file_raises(tmp_path):
+    with pytest.raises(IndexFormatError, match="not found"):
+        TrieReader(tmp_path / "missing.lmdb")
