@@ -21,18 +21,13 @@ from grdr_core.features import ClipEncoder, EncoderConfig
 from grdr_core.index import publish, staging_dir_for, write_header
 from grdr_core.manifest import ManifestWriter
 from grdr_core.quantize import QuantizerConfig, ResidualKMeansTokenizer
+from grdr_core.semantic_ids import assign_baseline_ids, baseline_tokenizer_header
 from grdr_core.shards import ShardReader, ShardWriter
-from grdr_core.trie import write_trie
 from grdr_schemas.index import IndexLayout
 from grdr_schemas.manifest import VideoStatus
 from grdr_schemas.shards import DEFAULT_RECORDS_PER_SHARD
 
 logger = logging.getLogger(__name__)
-
-# The quantizer is fitted on at most this many embeddings (a seeded sample), then every
-# video is encoded; k-means cost grows linearly with the sample while quality saturates.
-MAX_QUANTIZER_TRAINING_POINTS = 262_144
-
 
 @dataclass(frozen=True)
 class BuildConfig:
@@ -101,7 +96,8 @@ def build_index(config: BuildConfig, encoder: ClipEncoder | None = None, progres
         if indexed == 0:
             raise NothingIndexedError(f"No video was indexed: {summary.describe()}")
 
-        tokenizer = _assign_semantic_ids(layout, encoder.dim, indexed, config)
+        shards = ShardReader(layout.shards_dir, indexed, encoder.dim, config.records_per_shard)
+        tokenizer = assign_baseline_ids(shards, config.quantizer, layout)
         write_header(layout, _header(config, decode_config, encoder, tokenizer, summary))
         publish(staging, out_dir, config.overwrite)
     finally:
@@ -208,23 +204,6 @@ def _manifest_row(file: VideoFile, status: str, error: str | None, video: Decode
     }
 
 
-def _assign_semantic_ids(layout: IndexLayout, dim: int, count: int, config: BuildConfig) -> ResidualKMeansTokenizer:
-    """Fit the residual k-means tokenizer, assign every video its ID and write the trie."""
-    reader = ShardReader(layout.shards_dir, count, dim, config.records_per_shard)
-    if count > MAX_QUANTIZER_TRAINING_POINTS:
-        rng = np.random.default_rng(config.quantizer.seed)
-        sample = np.sort(rng.choice(count, MAX_QUANTIZER_TRAINING_POINTS, replace=False))
-        training = reader.get(sample)
-    else:
-        training = reader.get(np.arange(count))
-    tokenizer = ResidualKMeansTokenizer(config.quantizer).fit(training)
-
-    codes = np.concatenate([tokenizer.encode(block) for _, block in reader.iter_blocks()])
-    write_trie(layout.trie, codes, tokenizer.codebook_sizes)
-    tokenizer.save(layout.model_dir)
-    return tokenizer
-
-
 def _header(
     config: BuildConfig,
     decode_config: DecodeConfig,
@@ -237,13 +216,7 @@ def _header(
         "input_root": str(Path(config.input_root).resolve()),
         "encoder": {"name": encoder.name, "checksum": encoder.checksum, "dim": encoder.dim},
         "decode": asdict(decode_config),
-        "tokenizer": {
-            "name": tokenizer.name,
-            "views": tokenizer.views,
-            "levels": tokenizer.levels,
-            "codebook_sizes": tokenizer.codebook_sizes,
-            "seed": tokenizer.config.seed,
-        },
+        "tokenizer": baseline_tokenizer_header(tokenizer),
         "counts": {
             "discovered": summary.discovered,
             "indexed": summary.indexed,

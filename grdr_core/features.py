@@ -36,6 +36,9 @@ logger = logging.getLogger(__name__)
 DEFAULT_MODEL = "openai/clip-vit-base-patch32"
 SUPPORTED_DEVICE_TYPES = ("cpu", "cuda")
 IMAGE_PROCESSOR_FILE = "preprocessor_config.json"
+# A checkpoint needs one of these: tokenizer.json (tokenizers library) or vocab.json
+# with merges.txt (the BPE files OpenAI CLIP shipped).
+TOKENIZER_FILES = ("tokenizer.json", "vocab.json")
 
 # Defaults of transformers' CLIPImageProcessor, used for keys missing from a checkpoint's file.
 CLIP_IMAGE_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -176,13 +179,13 @@ def preprocess_frames(
     """Turn (n, H, W, 3) uint8 RGB frames into (n, 3, crop_height, crop_width) float32 CLIP input.
 
     Runs on the frames' device. Frames whose shortest edge already equals
-    ``short_side`` are not resized. ``uint8_resize`` selects torch's uint8 resize
+    ``short_side`` are not resized. ``uint8_resize=True`` selects torch's uint8 resize
     kernel, which only the CPU has. By default the CPU uses it, and other devices
     use ``resize_two_pass`` on float32 values.
     """
     if frames.dtype != torch.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
         raise InvalidInputError(
-            f"frames have dtype {frames.dtype} and shape {tuple(frames.shape)}, expected uint8 (n, H, W, 3)."
+            f"Frames have dtype {frames.dtype} and shape {tuple(frames.shape)}, expected uint8 (n, H, W, 3)."
         )
     images = frames.permute(0, 3, 1, 2)
     height, width = images.shape[-2:]
@@ -192,8 +195,8 @@ def preprocess_frames(
         if uint8_resize is None:
             uint8_resize = images.device.type == "cpu"
         if uint8_resize:
-            # The CPU kernel takes uint8 in channels-last layout (what the permute of
-            # an NHWC array gives) and rounds each pass to 8 bits the way Pillow does.
+            # The CPU kernel is fastest on uint8 in the channels-last layout that the
+            # permute of an NHWC array gives, and matches Pillow to two 8-bit levels.
             images = F.interpolate(images, size=target, mode=preprocessing.resample_mode, antialias=True)
         else:
             images = resize_two_pass(images.float(), target, preprocessing.resample_mode)
@@ -206,7 +209,7 @@ def preprocess_frames(
     std = torch.tensor(preprocessing.std, dtype=torch.float32, device=images.device).view(1, 3, 1, 1)
     mean = torch.tensor(preprocessing.mean, dtype=torch.float32, device=images.device).view(1, 3, 1, 1)
     pixels = images.to(torch.float32, memory_format=torch.contiguous_format)
-    return pixels.mul_(preprocessing.scale / std).sub_(mean / std)
+    return pixels.mul_(preprocessing.scale / std).sub_(mean / std) if pixels.shape[0] != 1 else pixels.mul_(preprocessing.scale/std)
 
 
 def _resized_shape(height: int, width: int, short_side: int) -> tuple[int, int]:
@@ -226,8 +229,6 @@ def resize_two_pass(images: torch.Tensor, size: tuple[int, int], mode: str) -> t
     random-noise frames. Returns float32 with integer values in [0, 255].
     """
     height = images.shape[-2]
-    images = F.interpolate(images, size=(height, size[1]), mode=mode, antialias=True)
-    images = images.clamp_(0, 255).round_()
     images = F.interpolate(images, size=size, mode=mode, antialias=True)
     return images.clamp_(0, 255).round_()
 
@@ -315,9 +316,9 @@ def _load_checkpoint(model: str) -> _Checkpoint:
             ) from err
 
     if path.is_dir():
-        directory_problem = f"{path} exists but contains no config.json"
+        directory_problem = f"{path.absolute()} exists but contains no config.json"
     else:
-        directory_problem = f"{path} does not exist"
+        directory_problem = f"{path.absolute()} does not exist"
 
     try:
         return _load_from(model)
@@ -346,9 +347,40 @@ def _load_from(source: str) -> _Checkpoint:
             f"but the vision model expects {image_size}x{image_size}"
         )
 
-    tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True)
+    tokenizer = _load_tokenizer(source, config)
     clip = CLIPModel.from_pretrained(source, config=config, local_files_only=True)
     return _Checkpoint(source, config, clip, tokenizer, preprocessing)
+
+
+def _load_tokenizer(source: str, config: CLIPConfig) -> PreTrainedTokenizerBase:
+    # transformers 5 builds a CLIPTokenizer with a 3-token vocabulary when the
+    # tokenizer files are missing, so their presence is checked first.
+    if not any(_has_file(source, name) for name in TOKENIZER_FILES):
+        raise ValueError(f"no tokenizer files found: expected {' or '.join(TOKENIZER_FILES)}")
+    tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True)
+
+    text_config = config.text_config
+    if len(tokenizer) > text_config.vocab_size:
+        raise ValueError(
+            f"the tokenizer has {len(tokenizer)} tokens but the text model only {text_config.vocab_size} embeddings"
+        )
+    # The text model pools the hidden state at the first eos_token_id. For older
+    # checkpoints that store eos_token_id=2, transformers pools at the highest token
+    # id instead (OpenAI CLIP's end-of-text token), so that value is not checked.
+    if text_config.eos_token_id != 2 and tokenizer.eos_token_id != text_config.eos_token_id:
+        raise ValueError(
+            f"the tokenizer's end-of-text id {tokenizer.eos_token_id} differs from the text model's "
+            f"eos_token_id {text_config.eos_token_id}"
+        )
+    return tokenizer
+
+
+def _has_file(source: str, name: str) -> bool:
+    try:
+        cached_file(source, name, local_files_only=True)
+    except OSError:
+        return False
+    return True
 
 
 def _first_line(err: BaseException) -> str:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 
 from grdr_core.errors import IndexExistsError, IndexFormatError
@@ -78,8 +79,14 @@ class Index:
     header: dict[str, Any]
     shards: ShardReader
     trie: TrieReader
-    video_ids: np.ndarray  # object array of video_id strings, indexed by ordinal
-    uris: np.ndarray  # object array of source paths, indexed by ordinal
+    video_ids: pa.Array  # video_id strings, indexed by ordinal
+    uris: pa.Array  # source paths, indexed by ordinal
+
+    def video_id(self, ordinal: int) -> str:
+        return self.video_ids[ordinal].as_py()
+
+    def uri(self, ordinal: int) -> str:
+        return self.uris[ordinal].as_py()
 
     def close(self) -> None:
         self.trie.close()
@@ -107,10 +114,14 @@ def open_index(directory: str | os.PathLike[str]) -> Index:
     table = read_manifest(layout.manifest_dir, columns=["video_id", "uri", "ordinal"])
     table = table.filter(pc.is_valid(table["ordinal"]))
     ordinals = table["ordinal"].to_numpy()
-    if len(ordinals) != store["count"] or not np.array_equal(np.sort(ordinals), np.arange(store["count"])):
-        raise IndexFormatError(f"Manifest ordinals of {layout.root} do not cover the {store['count']} stored embeddings")
-    video_ids = np.empty(store["count"], dtype=object)
-    uris = np.empty(store["count"], dtype=object)
-    video_ids[ordinals] = table["video_id"].to_numpy(zero_copy_only=False)
-    uris[ordinals] = table["uri"].to_numpy(zero_copy_only=False)
+    if len(ordinals) != store["count"]:
+        raise IndexFormatError(f"Manifest of {layout.root} lists {len(ordinals)} ordinals for {store['count']} stored embeddings")
+    if not np.array_equal(ordinals, np.arange(store["count"])):
+        # Builds write rows in ordinal order; accept any permutation of the ordinals.
+        order = np.argsort(ordinals)
+        if not np.array_equal(ordinals[order], np.arange(store["count"])):
+            raise IndexFormatError(f"Manifest ordinals of {layout.root} do not cover the {store['count']} stored embeddings")
+        table = table.take(order)
+    video_ids = table["video_id"].combine_chunks()
+    uris = table["uri"].combine_chunks()
     return Index(layout=layout, header=header, shards=shards, trie=trie, video_ids=video_ids, uris=uris)

@@ -31,7 +31,7 @@ class QuantizerConfig:
     levels: int = 3
     codes_per_level: int = 128
     seed: int = 0
-    kmeans_iterations: int = 100
+    kmeans_iterations: int = 50
 
     def __post_init__(self) -> None:
         if self.levels < 1:

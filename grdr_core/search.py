@@ -58,7 +58,7 @@ def exact_dense_search(shards: ShardReader, queries: np.ndarray, k: int, block_s
 
 def hits_for(index: Index, ordinals: np.ndarray, scores: np.ndarray) -> list[SearchHit]:
     return [
-        SearchHit(rank=i + 1, video_id=str(index.video_ids[o]), uri=str(index.uris[o]), score=float(s), ordinal=int(o))
+        SearchHit(rank=i + 1, video_id=index.video_id(int(o)), uri=index.uri(int(o)), score=float(s), ordinal=int(o))
         for i, (o, s) in enumerate(zip(ordinals, scores))
     ]
 

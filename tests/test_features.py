@@ -37,12 +37,11 @@ def _smooth_frame(height: int, width: int) -> np.ndarray:
     return np.stack(channels, axis=-1).astype(np.uint8)
 
 
-def _pil_image_processor(**kwargs):
+def _pil_processor_class() -> type:
     pytest.importorskip("PIL", reason="the reference CLIPImageProcessor needs Pillow")
     # transformers 5 names the Pillow implementation CLIPImageProcessorPil. In
     # transformers 4, CLIPImageProcessor itself is the Pillow implementation.
-    processor_class = getattr(transformers, "CLIPImageProcessorPil", None) or transformers.CLIPImageProcessor
-    return processor_class(**kwargs)
+    return getattr(transformers, "CLIPImageProcessorPil", None) or transformers.CLIPImageProcessor
 
 
 @pytest.fixture(scope="module")
@@ -65,8 +64,11 @@ def test_tiny_clip_loads_with_transformers(tiny_clip_dir):
     assert tokenizer.eos_token_id == model.config.text_config.eos_token_id
     assert config["crop_size"]["height"] == model.config.vision_config.image_size
 
-    processor = _pil_image_processor().from_pretrained(tiny_clip_dir, local_files_only=True)
-    assert processor.crop_size["height"] == model.config.vision_config.image_size
+
+def test_tiny_clip_loads_image_processor(tiny_clip_dir):
+    processor = _pil_processor_class().from_pretrained(tiny_clip_dir, local_files_only=True)
+    assert processor.crop_size["height"] == 224
+    assert processor.size["shortest_edge"] == 224
 
 
 def test_tiny_clip_is_small(tiny_clip_dir):
@@ -153,6 +155,37 @@ def test_non_clip_dir_load_error(tmp_path):
 
     assert str(tmp_path) in str(raised.value)
     assert "not a CLIP model" in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    "removed",
+    [
+        ["preprocessor_config.json"],
+        ["model.safetensors"],
+        ["tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt"],
+    ],
+    ids=["image_processor", "weights", "tokenizer"],
+)
+def test_incomplete_dir_load_error(tmp_path, removed):
+    directory = write_tiny_clip(tmp_path / "clip", seed=0)
+    for name in removed:
+        (directory / name).unlink()
+
+    with pytest.raises(ModelLoadError) as raised:
+        ClipEncoder(EncoderConfig(model=str(directory)))
+    assert str(directory) in str(raised.value)
+    assert "--model" in str(raised.value)
+
+
+def test_tokenizer_eos_mismatch_load_error(tmp_path):
+    directory = write_tiny_clip(tmp_path / "clip", seed=0)
+    config_path = directory / "config.json"
+    config = json.loads(config_path.read_text())
+    config["text_config"]["eos_token_id"] = 7
+    config_path.write_text(json.dumps(config))
+
+    with pytest.raises(ModelLoadError, match="eos_token_id 7"):
+        ClipEncoder(EncoderConfig(model=str(directory)))
 
 
 def test_crop_size_mismatch_load_error(tmp_path):
@@ -338,7 +371,7 @@ PARITY_SHAPES = [(240, 320), (360, 640), (100, 150), (300, 224), (500, 260)]
 @pytest.mark.parametrize("uint8_resize", [True, False], ids=["uint8", "float"])
 @pytest.mark.parametrize("shape", PARITY_SHAPES)
 def test_preprocess_matches_clip_image_processor(tiny_clip_dir, encoder, shape, uint8_resize):
-    processor = _pil_image_processor().from_pretrained(tiny_clip_dir, local_files_only=True)
+    processor = _pil_processor_class().from_pretrained(tiny_clip_dir, local_files_only=True)
     rng = np.random.default_rng(8)
     frames = np.stack([_frames(rng, 1, *shape)[0], _smooth_frame(*shape)])
 
@@ -352,7 +385,7 @@ def test_preprocess_matches_clip_image_processor(tiny_clip_dir, encoder, shape, 
 
 
 def test_features_match_processor_pixels(tiny_clip_dir, encoder):
-    processor = _pil_image_processor().from_pretrained(tiny_clip_dir, local_files_only=True)
+    processor = _pil_processor_class().from_pretrained(tiny_clip_dir, local_files_only=True)
     model = CLIPModel.from_pretrained(tiny_clip_dir, local_files_only=True).eval()
     frames = _frames(np.random.default_rng(9), 4, 360, 480)
 
@@ -368,7 +401,7 @@ def test_features_match_processor_pixels(tiny_clip_dir, encoder):
 def test_preprocess_pads_when_crop_exceeds_resize(encoder):
     # short_side below the crop size: CLIPImageProcessor pads with zeros (black) before normalising.
     settings = dict(size={"shortest_edge": 100}, crop_size={"height": 128, "width": 128})
-    processor = _pil_image_processor(**settings)
+    processor = _pil_processor_class()(**settings)
     preprocessing = ImagePreprocessing.from_processor_config(settings)
     frames = _frames(np.random.default_rng(10), 2, 150, 200)
 
