@@ -41,6 +41,9 @@ def index_report(index: Index) -> dict[str, Any]:
             "mean_posting_list": round(stats.mean_posting, 3),
             "codes_used_per_level": stats.codes_used_per_level,
             "codebook_use_per_level": [round(used / size, 4) if size else 0.0 for used, size in zip(stats.codes_used_per_level, sizes)],
+            "retriever": bool(tokenizer.get("retriever")),
+            # Per-video view statistics are measured when IDs are assigned (grdr-index train).
+            "view_statistics": tokenizer.get("id_statistics"),
         },
         "bytes": {
             "manifest": _bytes_under(layout.manifest_dir),
@@ -66,6 +69,17 @@ def format_report(report: dict[str, Any]) -> str:
         f"  distinct IDs       {ids['distinct_ids']}",
         f"  largest posting    {ids['largest_posting_list']} (mean {ids['mean_posting_list']})",
         "  codebook use       " + ", ".join(f"L{level} {used}/{size}" for level, (used, size) in enumerate(zip(ids["codes_used_per_level"], ids["codebook_sizes"]))),
+    ]
+    views = ids.get("view_statistics")
+    if views:
+        lines += [
+            f"  distinct IDs/video {views['distinct_ids_per_video']:.2f} of {views['views']}",
+            f"  all views one ID   {views['single_id_fraction']:.1%} of videos",
+            f"  same last code     {views['identical_last_level_fraction']:.1%} of videos",
+            f"  IDs shared         {views['shared_ids']} (max {views['videos_per_id_max']} videos per ID)",
+        ]
+    lines += [
+        f"  retriever          {'trained' if ids['retriever'] else 'none (run grdr-index train)'}",
         "bytes        " + ", ".join(f"{name} {size:,}" for name, size in report["bytes"].items()),
     ]
     return "\n".join(lines)

@@ -131,6 +131,86 @@ def search(index_dir: Path, text: str, k: int, model: str | None, device: str, a
         click.echo(f"{hit.rank:>3}  {hit.score:+.4f}  {hit.video_id}")
 
 
+@cli.command()
+@click.argument("index_dir", type=click.Path(path_type=Path))
+@click.option("--captions", type=click.Path(path_type=Path), default=None, help="Captions file (CSV, JSONL or Parquet) with columns video_id and caption.")
+@click.option("--caption-embeddings", type=click.Path(path_type=Path), default=None, help="Precomputed caption embeddings (Parquet: video_id, embedding) instead of --captions.")
+@click.option("--views", default=4, show_default=True, type=click.IntRange(min=1), help="Semantic IDs (views) per video.")
+@click.option("--levels", default=3, show_default=True, type=click.IntRange(min=1), help="Codes per semantic ID.")
+@click.option("--codes", "codes_per_level", default=128, show_default=True, type=click.IntRange(min=1, max=65535), help="Codebook size per level; fewer are used for small corpora.")
+@click.option("--epochs", "epochs_per_level", default=10, show_default=True, type=click.IntRange(min=1), help="Training epochs per level.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed for every random choice in training.")
+@click.option("--no-cotrain", is_flag=True, help="Ablation: train the tokenizer alone, freeze it, then train the retriever.")
+@click.option("--no-diversity", is_flag=True, help="Ablation: turn off distinct IDs per video, balanced assignment, dead-code resets and the diversity loss.")
+@click.option("--model", default=None, help="Text encoder to load instead of the one recorded in the index (same weights).")
+@click.option("--device", default="cpu", show_default=True, help='Torch device for training and caption encoding, e.g. "cpu" or "cuda".')
+def train(
+    index_dir: Path,
+    captions: Path | None,
+    caption_embeddings: Path | None,
+    views: int,
+    levels: int,
+    codes_per_level: int,
+    epochs_per_level: int,
+    seed: int,
+    no_cotrain: bool,
+    no_diversity: bool,
+    model: str | None,
+    device: str,
+) -> None:
+    """Train multi-view semantic IDs and the generative retriever for an index."""
+    from grdr_core.train_index import train_index
+    from grdr_core.training import TrainConfig
+
+    _quiet_transformers()
+    config = TrainConfig(
+        views=views,
+        levels=levels,
+        codes_per_level=codes_per_level,
+        epochs_per_level=epochs_per_level,
+        seed=seed,
+        cotrain=not no_cotrain,
+        device=device,
+    )
+    if no_diversity:
+        config = config.without_view_diversity()
+    summary = train_index(index_dir, config, captions=captions, caption_embeddings=caption_embeddings, model=model)
+    click.echo(f"Trained {summary.index_dir}: {summary.describe()}")
+
+
+@cli.command()
+@click.argument("index_dir", type=click.Path(path_type=Path))
+@click.argument("text")
+@click.option("-k", "k", default=10, show_default=True, type=click.IntRange(min=1), help="Number of results.")
+@click.option("--beam", default=20, show_default=True, type=click.IntRange(min=1), help="Beam width of the constrained decoding.")
+@click.option("--max-candidates", default=300, show_default=True, type=click.IntRange(min=1), help="Cap on the candidate pool that is reranked.")
+@click.option("--model", default=None, help="Text encoder to load instead of the one recorded in the index (same weights).")
+@click.option("--device", default="cpu", show_default=True, help="Torch device for the text encoder.")
+@click.option("--json", "as_json", is_flag=True, help="Print results as JSON.")
+def query(index_dir: Path, text: str, k: int, beam: int, max_candidates: int, model: str | None, device: str, as_json: bool) -> None:
+    """Answer TEXT with generative recall and dense reranking."""
+    from grdr_core.searcher import Searcher
+
+    if not text.strip():
+        raise click.BadParameter("the query text is empty", param_hint="TEXT")
+    with Searcher(index_dir, model=model, device=device) as searcher:
+        _quiet_transformers()
+        result = searcher.search(text, k=k, beam=beam, max_candidates=max_candidates)
+    if as_json:
+        payload = {
+            "query": text,
+            "results": [asdict(h) for h in result.hits],
+            "candidates": result.candidates,
+            "timings_ms": result.timings_ms,
+        }
+        click.echo(json.dumps(payload, indent=2))
+        return
+    for hit in result.hits:
+        click.echo(f"{hit.rank:>3}  {hit.score:+.4f}  {hit.video_id}")
+    timings = ", ".join(f"{name} {ms:.2f} ms" for name, ms in result.timings_ms.items())
+    click.echo(f"{result.candidates} candidates reranked; {timings}")
+
+
 def main() -> None:
     """Run the CLI; a grdr error prints one line and exits with status 1."""
     try:

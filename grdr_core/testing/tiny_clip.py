@@ -23,9 +23,9 @@ START_TOKEN = "<|startoftext|>"
 END_TOKEN = "<|endoftext|>"
 END_OF_WORD = "</w>"
 
-# The vision tower uses the pretrained CLIP input size, so the image processor
-# settings below are those of openai/clip-vit-base-patch32 and preprocessing
-# code gets the same resize and crop sizes as with a real checkpoint.
+# The vision tower takes 224x224 inputs like pretrained ViT-B CLIP models, so the
+# image processor settings below are the defaults of transformers' CLIPImageProcessor
+# and preprocessing code gets the same resize and crop sizes as with a real checkpoint.
 IMAGE_SIZE = 224
 PATCH_SIZE = 32
 HIDDEN_SIZE = 32
@@ -147,8 +147,9 @@ def tiny_clip_config(vocab: dict[str, int]) -> CLIPConfig:
 def write_tiny_clip(directory: str | Path, seed: int = 0) -> Path:
     """Write a tiny random CLIP (weights, tokenizer, image processor config) into ``directory``.
 
-    The same seed gives the same weights. The global torch random state is left as it was.
-    Returns the directory as a ``Path``; it is created if missing and files in it are overwritten.
+    The same seed gives the same weights, and the global torch random state is left
+    as it was. The directory is created if missing, and files in it are overwritten.
+    Returns the directory as a ``Path``.
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,115 @@
+"""NumPy inference of the generative retriever, for fast CPU recall without torch.
+
+The retriever maps a query embedding to a distribution over semantic-ID codes, one
+level at a time (weights trained by ``grdr_core.training``):
+
+    h_0       = tanh(W_in q + b_in)                                   state, (H,)
+    logits_l  = scale * cos(W_out[l] h_l, codebook[l][k])  for each code k of level l
+    h_{l+1}   = h_l + tanh(W_h[l] h_l + W_e[l] codebook[l][c_l] + b[l])
+
+``codebook[l]`` is the tokenizer's level-l codebook (``K_l x d``), so the retriever and
+the tokenizer share one vocabulary, and the input at level ``l+1`` is the embedding of
+the code chosen at level ``l``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from safetensors.numpy import load_file, save_file
+
+from grdr_core.errors import IndexFormatError, InvalidInputError
+
+RUNTIME_FORMAT_VERSION = 1
+WEIGHTS_FILE = "retriever.safetensors"
+CONFIG_FILE = "retriever.json"
+
+
+def _normalize_rows(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+@dataclass
+class RetrieverRuntime:
+    """Weights of a trained retriever as float32 arrays; see the module docstring for shapes."""
+
+    w_in: np.ndarray  # (H, D)
+    b_in: np.ndarray  # (H,)
+    w_out: list[np.ndarray]  # per level (d, H)
+    codebooks: list[np.ndarray]  # per level (K_l, d), as trained (not normalised)
+    w_h: list[np.ndarray]  # per level (H, H); the last level's step is never used
+    w_e: list[np.ndarray]  # per level (H, d)
+    b: list[np.ndarray]  # per level (H,)
+    scale: float
+
+    def __post_init__(self) -> None:
+        levels = len(self.codebooks)
+        if levels < 1 or not all(len(x) == levels for x in (self.w_out, self.w_h, self.w_e, self.b)):
+            raise InvalidInputError("Retriever weights need one w_out, w_h, w_e, b and codebook per level")
+        self._unit_codebooks_t = [np.ascontiguousarray(_normalize_rows(c).T, dtype=np.float32) for c in self.codebooks]
+
+    @property
+    def levels(self) -> int:
+        return len(self.codebooks)
+
+    @property
+    def query_dim(self) -> int:
+        return self.w_in.shape[1]
+
+    @property
+    def codebook_sizes(self) -> list[int]:
+        return [len(c) for c in self.codebooks]
+
+    def start(self, queries: np.ndarray) -> np.ndarray:
+        """Return initial states ``(B, H)`` for ``(B, D)`` query embeddings."""
+        queries = np.asarray(queries, dtype=np.float32)
+        if queries.ndim != 2 or queries.shape[1] != self.query_dim:
+            raise InvalidInputError(f"Expected queries of shape (B, {self.query_dim}), got {queries.shape}")
+        return np.tanh(queries @ self.w_in.T + self.b_in)
+
+    def logits(self, level: int, states: np.ndarray) -> np.ndarray:
+        """Return ``(B, K_level)`` code logits for ``(B, H)`` states."""
+        projected = _normalize_rows(states @ self.w_out[level].T)
+        return self.scale * (projected @ self._unit_codebooks_t[level])
+
+    def advance(self, level: int, states: np.ndarray, codes: np.ndarray) -> np.ndarray:
+        """Return the states after choosing ``codes`` (``(B,)`` ints) at ``level``."""
+        code_embeddings = self.codebooks[level][codes]
+        return states + np.tanh(states @ self.w_h[level].T + code_embeddings @ self.w_e[level].T + self.b[level])
+
+    def save(self, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        tensors = {"w_in": self.w_in, "b_in": self.b_in}
+        for level in range(self.levels):
+            tensors[f"w_out.{level}"] = self.w_out[level]
+            tensors[f"codebook.{level}"] = self.codebooks[level]
+            tensors[f"w_h.{level}"] = self.w_h[level]
+            tensors[f"w_e.{level}"] = self.w_e[level]
+            tensors[f"b.{level}"] = self.b[level]
+        save_file({k: np.ascontiguousarray(v, dtype=np.float32) for k, v in tensors.items()}, str(directory / WEIGHTS_FILE))
+        config = {"format_version": RUNTIME_FORMAT_VERSION, "levels": self.levels, "scale": float(self.scale)}
+        (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+    @classmethod
+    def load(cls, directory: Path) -> RetrieverRuntime:
+        try:
+            config = json.loads((directory / CONFIG_FILE).read_text())
+            tensors = load_file(str(directory / WEIGHTS_FILE))
+        except (OSError, ValueError) as exc:
+            raise IndexFormatError(f"Cannot load the retriever from {directory}: {exc}") from exc
+        if config.get("format_version") != RUNTIME_FORMAT_VERSION:
+            raise IndexFormatError(f"Retriever in {directory} has format version {config.get('format_version')}, expected {RUNTIME_FORMAT_VERSION}")
+        levels = range(config["levels"])
+        return cls(
+            w_in=tensors["w_in"],
+            b_in=tensors["b_in"],
+            w_out=[tensors[f"w_out.{level}"] for level in levels],
+            codebooks=[tensors[f"codebook.{level}"] for level in levels],
+            w_h=[tensors[f"w_h.{level}"] for level in levels],
+            w_e=[tensors[f"w_e.{level}"] for level in levels],
+            b=[tensors[f"b.{level}"] for level in levels],
+            scale=float(config["scale"]),
+        )

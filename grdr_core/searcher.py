@@ -1,0 +1,124 @@
+"""The query library: generative recall over the trie, then dense reranking of candidates.
+
+Opening a ``Searcher`` memory-maps the index and loads only NumPy, PyArrow and LMDB;
+torch and the text encoder load on the first text query.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from grdr_core.errors import IndexFormatError, InvalidInputError
+from grdr_core.index import Index, open_index
+from grdr_core.recall import beam_search, candidates_from_ids
+from grdr_core.retriever_runtime import RetrieverRuntime
+from grdr_core.search import SearchHit, hits_for
+
+if TYPE_CHECKING:
+    from grdr_core.features import ClipEncoder
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_BEAM = 20
+DEFAULT_MAX_CANDIDATES = 300
+
+
+@dataclass(frozen=True)
+class QueryResult:
+    hits: list[SearchHit]  # best first
+    candidates: int  # size of the recalled pool that was reranked
+    timings_ms: dict[str, float] = field(default_factory=dict)  # "encode", "recall", "rerank"; per query in a batch
+
+
+class Searcher:
+    """Answer text queries against one index version with recall + rerank."""
+
+    def __init__(self, index_dir: str | os.PathLike[str], model: str | None = None, device: str = "cpu") -> None:
+        self.index: Index = open_index(index_dir)
+        tokenizer = self.index.header["tokenizer"]
+        if not tokenizer.get("retriever"):
+            self.index.close()
+            raise IndexFormatError(
+                f"Index {self.index.layout.root} has {tokenizer['name']} semantic IDs but no trained retriever; "
+                f"run `grdr-index train {self.index.layout.root} --captions FILE` before querying, "
+                "or use `grdr-index search` for exact dense search"
+            )
+        self.retriever = RetrieverRuntime.load(self.index.layout.model_dir)
+        self._model = model
+        self._device = device
+        self._encoder: ClipEncoder | None = None
+
+    def close(self) -> None:
+        self.index.close()
+
+    def __enter__(self) -> Searcher:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    @property
+    def encoder(self) -> ClipEncoder:
+        if self._encoder is None:
+            from grdr_core.search import load_query_encoder
+
+            self._encoder = load_query_encoder(self.index, model=self._model, device=self._device)
+        return self._encoder
+
+    def search(self, text: str, k: int = 10, beam: int = DEFAULT_BEAM, max_candidates: int = DEFAULT_MAX_CANDIDATES) -> QueryResult:
+        return self.search_batch([text], k=k, beam=beam, max_candidates=max_candidates)[0]
+
+    def search_batch(
+        self, texts: Sequence[str], k: int = 10, beam: int = DEFAULT_BEAM, max_candidates: int = DEFAULT_MAX_CANDIDATES
+    ) -> list[QueryResult]:
+        """Encode ``texts`` with the index's text encoder and answer each of them."""
+        if isinstance(texts, str):
+            raise InvalidInputError("search_batch takes a sequence of query strings, not one string")
+        for text in texts:
+            if not text or not text.strip():
+                raise InvalidInputError("A query text is empty")
+        encoder = self.encoder  # loads the model on first use, outside the timed encode
+        started = time.perf_counter()
+        queries = encoder.encode_text(list(texts))
+        encode_ms = (time.perf_counter() - started) * 1000 / max(len(texts), 1)
+        results = self.search_embeddings(queries, k=k, beam=beam, max_candidates=max_candidates)
+        return [QueryResult(r.hits, r.candidates, {"encode": encode_ms, **r.timings_ms}) for r in results]
+
+    def search_embeddings(
+        self, queries: np.ndarray, k: int = 10, beam: int = DEFAULT_BEAM, max_candidates: int = DEFAULT_MAX_CANDIDATES
+    ) -> list[QueryResult]:
+        """Answer ``(B, D)`` query embeddings from the index's query encoder."""
+        if k < 1:
+            raise InvalidInputError(f"k must be >= 1, got {k}")
+        queries = np.atleast_2d(np.asarray(queries, dtype=np.float32))
+        if queries.shape[1] != self.index.shards.dim:
+            raise InvalidInputError(f"Query dimension {queries.shape[1]} does not match the index dimension {self.index.shards.dim}")
+
+        started = time.perf_counter()
+        decoded = beam_search(self.retriever, self.index.trie, queries, beam)
+        pools = [candidates_from_ids(self.index.trie, ids, max_candidates) for ids in decoded]
+        recall_ms = (time.perf_counter() - started) * 1000 / len(queries)
+
+        started = time.perf_counter()
+        results = []
+        for query, pool in zip(queries, pools):
+            ordinals, scores = rerank(self.index, query, pool, k)
+            results.append((hits_for(self.index, ordinals, scores), len(pool)))
+        rerank_ms = (time.perf_counter() - started) * 1000 / len(queries)
+        return [QueryResult(hits, count, {"recall": recall_ms, "rerank": rerank_ms}) for hits, count in results]
+
+
+def rerank(index: Index, query: np.ndarray, candidates: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Score candidates by cosine with the query; return the top ``k`` ordinals and scores, best first."""
+    if len(candidates) == 0:
+        return np.empty(0, np.int64), np.empty(0, np.float32)
+    scores = index.shards.get(candidates) @ query
+    order = np.lexsort((candidates, -scores))[:k]
+    return candidates[order], scores[order]

@@ -1,0 +1,608 @@
+"""Co-training of the multi-view tokenizer and the generative retriever.
+
+After GRDR (Zhao et al., arXiv 2601.21193, 2026). The retriever decodes a query embedding
+into a semantic ID one level at a time; its output and input embeddings at level ``l``
+are the tokenizer's level-``l`` codebook (the same ``nn.Parameter``), so training the
+retriever also shapes the codes. ``GenerativeRetriever`` is the torch twin of
+``grdr_core.retriever_runtime.RetrieverRuntime``, whose docstring fixes the architecture.
+
+``train`` runs progressive training: for each level in turn, the level's codebook is
+initialised by k-means on the residuals left by the levels above it, the codebooks above
+are frozen, and the tokenizer (and, when co-training, the retriever) train on these losses:
+
+- in-batch contrastive (InfoNCE): a projection of each caption against the quantized
+  vector of the view it is routed to, other videos in the batch as negatives;
+- code cross-entropy with label smoothing: retriever logits at the level against the
+  routed view's code, with teacher forcing on the true codes of the levels above;
+- cross-entropy on the levels above, which keeps the retriever on codes that drift as
+  the view projections keep training;
+- reconstruction: the quantized views, decoded and summed, against the video embedding;
+- commitment (VQ-VAE, van den Oord et al. 2017) with the straight-through estimator;
+- optionally, view diversity: a hinge on the cosine between two views of one video.
+
+Finally the tokenizer is frozen, every video is assigned its IDs, and the retriever
+trains a few more epochs on exactly those IDs (the IDs that the trie will contain).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from torch.nn import functional as F
+
+from grdr_core.errors import IndexFormatError, InvalidInputError
+from grdr_core.multiview import TOKENIZER_NAME, VIEW_ORDERS, MultiViewTokenizer, route_captions, sinkhorn_codes
+from grdr_core.quantize import MAX_CODES, effective_codes
+from grdr_core.retriever_runtime import RetrieverRuntime
+
+logger = logging.getLogger(__name__)
+
+MODEL_FORMAT_VERSION = 1
+MODEL_WEIGHTS_FILE = "multiview.safetensors"
+MODEL_CONFIG_FILE = "multiview.json"
+DEVICES = ("cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    views: int = 4
+    levels: int = 3
+    codes_per_level: int = 128  # shrunk for small corpora by quantize.effective_codes
+    view_dim: int | None = None  # None: the video embedding dimension
+    hidden: int = 256  # retriever state size H
+    epochs_per_level: int = 10
+    polish_epochs: int = 5  # retriever-only epochs on the final, frozen IDs
+    batch_size: int = 256  # captions per step
+    lr: float = 3e-3  # Adam
+    seed: int = 0
+    label_smoothing: float = 0.1
+    temperature: float = 0.07  # InfoNCE temperature
+    contrastive_weight: float = 1.0
+    code_weight: float = 1.0
+    earlier_code_weight: float = 0.5
+    reconstruction_weight: float = 1.0
+    commitment_weight: float = 0.25  # beta of the VQ-VAE commitment term
+    retriever_scale: float = 10.0  # initial scale of the retriever's cosine logits (learned)
+    cotrain: bool = True  # False: train the tokenizer alone, freeze it, then train the retriever
+    view_order: str = "anchors"  # see multiview.route_captions
+    # View diversity and codebook use; without_view_diversity() turns all four off.
+    distinct_ids: bool = True
+    balanced_assignment: bool = True
+    sinkhorn_epsilon: float = 0.05
+    sinkhorn_iterations: int = 10
+    reinit_dead_codes: bool = True
+    diversity_weight: float = 0.1
+    diversity_margin: float = 0.5  # cosine between two views of a video above which the hinge applies
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        positive = ("views", "levels", "codes_per_level", "hidden", "epochs_per_level", "batch_size", "sinkhorn_iterations")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise InvalidInputError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.codes_per_level > MAX_CODES:
+            raise InvalidInputError(f"codes_per_level must be <= {MAX_CODES}, got {self.codes_per_level}")
+        if self.view_dim is not None and self.view_dim < 1:
+            raise InvalidInputError(f"view_dim must be >= 1 or None, got {self.view_dim}")
+        if self.polish_epochs < 0:
+            raise InvalidInputError(f"polish_epochs must be >= 0, got {self.polish_epochs}")
+        for name in ("lr", "temperature", "retriever_scale", "sinkhorn_epsilon"):
+            if not getattr(self, name) > 0:
+                raise InvalidInputError(f"{name} must be > 0, got {getattr(self, name)}")
+        if not 0 <= self.label_smoothing < 1:
+            raise InvalidInputError(f"label_smoothing must lie in [0, 1), got {self.label_smoothing}")
+        weights = ("contrastive_weight", "code_weight", "earlier_code_weight", "reconstruction_weight", "commitment_weight", "diversity_weight")
+        for name in weights:
+            if getattr(self, name) < 0:
+                raise InvalidInputError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.view_order not in VIEW_ORDERS:
+            raise InvalidInputError(f"Unknown view_order {self.view_order!r}; accepted: {', '.join(VIEW_ORDERS)}")
+        if self.device.split(":")[0] not in DEVICES:
+            raise InvalidInputError(f"Unknown device {self.device!r}; accepted: cpu, cuda, cuda:N")
+
+    def without_view_diversity(self) -> TrainConfig:
+        """Return this config with the four view-diversity and codebook-use mechanisms off (the ablation)."""
+        return replace(self, distinct_ids=False, balanced_assignment=False, reinit_dead_codes=False, diversity_weight=0.0)
+
+
+@dataclass(frozen=True)
+class TrainingStats:
+    level_losses: list[dict[str, float]]  # per level, the mean of each loss over its last epoch
+    retriever_losses: dict[str, float]  # the last epoch of retriever training on the final IDs
+    dead_codes_reset: list[int]  # per level, codes re-initialised over all epochs
+    seconds: float  # wall-clock training time
+    routed_captions_per_view: list[int] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------------------------------
+# The retriever.
+
+
+class GenerativeRetriever(nn.Module):
+    """Query embedding to semantic-ID logits; see ``grdr_core.retriever_runtime`` for the equations.
+
+    ``codebooks`` is the tokenizer's ``nn.ParameterList`` itself, not a copy, so the
+    retriever's vocabulary at level ``l`` is the tokenizer's level-``l`` codebook.
+    """
+
+    def __init__(
+        self,
+        query_dim: int,
+        hidden: int,
+        codebooks: nn.ParameterList,
+        generator: torch.Generator | None = None,
+        scale: float = 10.0,
+    ) -> None:
+        super().__init__()
+        generator = generator if generator is not None else torch.Generator().manual_seed(0)
+        code_dim = codebooks[0].shape[1]
+        levels = len(codebooks)
+
+        def gaussian(*shape: int, fan_in: int, gain: float = 1.0) -> nn.Parameter:
+            return nn.Parameter(gain * torch.randn(*shape, generator=generator) / math.sqrt(fan_in))
+
+        self.codebooks = codebooks
+        self.w_in = gaussian(hidden, query_dim, fan_in=query_dim, gain=2.0)
+        self.b_in = nn.Parameter(torch.zeros(hidden))
+        self.w_out = nn.ParameterList([gaussian(code_dim, hidden, fan_in=hidden) for _ in range(levels)])
+        self.w_h = nn.ParameterList([gaussian(hidden, hidden, fan_in=hidden, gain=0.5) for _ in range(levels)])
+        self.w_e = nn.ParameterList([gaussian(hidden, code_dim, fan_in=code_dim, gain=2.0) for _ in range(levels)])
+        self.b = nn.ParameterList([nn.Parameter(torch.zeros(hidden)) for _ in range(levels)])
+        self.log_scale = nn.Parameter(torch.full((1,), math.log(scale)))
+
+    @property
+    def levels(self) -> int:
+        return len(self.codebooks)
+
+    def start(self, queries: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(queries @ self.w_in.T + self.b_in)
+
+    def logits(self, level: int, states: torch.Tensor) -> torch.Tensor:
+        projected = F.normalize(states @ self.w_out[level].T, dim=-1)
+        return self.log_scale.exp() * projected @ F.normalize(self.codebooks[level], dim=-1).T
+
+    def advance(self, level: int, states: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+        code_embeddings = self.codebooks[level][codes]
+        return states + torch.tanh(states @ self.w_h[level].T + code_embeddings @ self.w_e[level].T + self.b[level])
+
+    def forward(self, queries: torch.Tensor, codes: torch.Tensor) -> list[torch.Tensor]:
+        """Return logits ``(B, K_l)`` for levels ``0 .. n-1`` given the true codes ``(B, n)`` (teacher forcing)."""
+        states = self.start(queries)
+        outputs = []
+        for level in range(codes.shape[1]):
+            outputs.append(self.logits(level, states))
+            if level + 1 < codes.shape[1]:
+                states = self.advance(level, states, codes[:, level])
+        return outputs
+
+    def to_runtime(self) -> RetrieverRuntime:
+        """Export the weights as the float32 NumPy retriever used at query time."""
+
+        def array(tensor: torch.Tensor) -> np.ndarray:
+            return np.ascontiguousarray(tensor.detach().cpu().numpy(), dtype=np.float32)
+
+        return RetrieverRuntime(
+            w_in=array(self.w_in),
+            b_in=array(self.b_in),
+            w_out=[array(w) for w in self.w_out],
+            codebooks=[array(c) for c in self.codebooks],
+            w_h=[array(w) for w in self.w_h],
+            w_e=[array(w) for w in self.w_e],
+            b=[array(b) for b in self.b],
+            scale=float(self.log_scale.detach().exp().item()),
+        )
+
+    def own_state_dict(self) -> dict[str, torch.Tensor]:
+        """Return the weights without the shared codebooks, which the tokenizer stores."""
+        return {k: v for k, v in self.state_dict().items() if not k.startswith("codebooks.")}
+
+
+# ---------------------------------------------------------------------------------------
+# The trained model.
+
+
+@dataclass
+class TrainedModel:
+    tokenizer: MultiViewTokenizer
+    retriever: GenerativeRetriever
+    config: TrainConfig
+    stats: TrainingStats | None = None
+
+    name = TOKENIZER_NAME
+
+    @property
+    def codebook_sizes(self) -> list[int]:
+        return self.tokenizer.codebook_sizes
+
+    @property
+    def views(self) -> int:
+        return self.tokenizer.views
+
+    @property
+    def levels(self) -> int:
+        return self.tokenizer.levels
+
+    def assign(self, video_embeddings: np.ndarray, chunk: int = 8192) -> np.ndarray:
+        """Return ``(N, V, L)`` uint16 semantic IDs of ``(N, D)`` video embeddings."""
+        return self.tokenizer.assign(video_embeddings, distinct_ids=self.config.distinct_ids, chunk=chunk)
+
+    def runtime(self) -> RetrieverRuntime:
+        return self.retriever.to_runtime()
+
+    def save(self, directory: Path) -> None:
+        """Write weights (safetensors) and config (JSON), plus the NumPy runtime's own files.
+
+        The runtime files (``retriever_runtime.WEIGHTS_FILE`` and ``CONFIG_FILE``) let a
+        query server load the retriever with ``RetrieverRuntime.load`` and no torch.
+        """
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        tensors = {f"tokenizer.{k}": v for k, v in self.tokenizer.state_dict().items()}
+        tensors.update({f"retriever.{k}": v for k, v in self.retriever.own_state_dict().items()})
+        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(directory / MODEL_WEIGHTS_FILE))
+        header = {
+            "tokenizer": self.name,
+            "format_version": MODEL_FORMAT_VERSION,
+            "views": self.views,
+            "levels": self.levels,
+            "codebook_sizes": self.codebook_sizes,
+            "video_dim": self.tokenizer.video_dim,
+            "query_dim": self.tokenizer.query_dim,
+            "view_dim": self.tokenizer.view_dim,
+            "hidden": self.retriever.w_in.shape[0],
+            "train_config": asdict(self.config),
+            "stats": asdict(self.stats) if self.stats is not None else None,
+        }
+        (directory / MODEL_CONFIG_FILE).write_text(json.dumps(header, indent=2, sort_keys=True) + "\n")
+        self.runtime().save(directory)
+
+    @classmethod
+    def load(cls, directory: Path, device: str = "cpu") -> TrainedModel:
+        directory = Path(directory)
+        try:
+            header = json.loads((directory / MODEL_CONFIG_FILE).read_text())
+            tensors = load_file(str(directory / MODEL_WEIGHTS_FILE), device=device)
+        except (OSError, ValueError) as exc:
+            raise IndexFormatError(f"Cannot load the multi-view model from {directory}: {exc}") from exc
+        if header.get("tokenizer") != cls.name:
+            raise IndexFormatError(f"{directory} holds tokenizer {header.get('tokenizer')!r}, not {cls.name!r}")
+        if header.get("format_version") != MODEL_FORMAT_VERSION:
+            raise IndexFormatError(f"Model in {directory} has format version {header.get('format_version')}, expected {MODEL_FORMAT_VERSION}")
+
+        known = {f.name for f in fields(TrainConfig)}
+        config = replace(TrainConfig(**{k: v for k, v in header["train_config"].items() if k in known}), device=device)
+        tokenizer = MultiViewTokenizer(header["video_dim"], header["query_dim"], header["views"], header["view_dim"], header["codebook_sizes"])
+        retriever = GenerativeRetriever(header["query_dim"], header["hidden"], tokenizer.codebooks)
+        try:
+            tokenizer.load_state_dict({k.removeprefix("tokenizer."): v for k, v in tensors.items() if k.startswith("tokenizer.")})
+            retriever_state = {k.removeprefix("retriever."): v for k, v in tensors.items() if k.startswith("retriever.")}
+            retriever_state.update({f"codebooks.{level}": c for level, c in enumerate(tokenizer.codebooks)})
+            retriever.load_state_dict(retriever_state)
+        except RuntimeError as exc:
+            raise IndexFormatError(f"Weights in {directory} do not match their config: {exc}") from exc
+        stats = TrainingStats(**header["stats"]) if header.get("stats") else None
+        model = cls(tokenizer.to(device), retriever.to(device), config, stats)
+        model.tokenizer.requires_grad_(False)
+        model.retriever.requires_grad_(False)
+        return model
+
+
+# ---------------------------------------------------------------------------------------
+# Training.
+
+
+@contextmanager
+def _deterministic_algorithms() -> Iterator[None]:
+    # NOTE: torch keeps this flag per process, so training in two threads at once can
+    # restore the wrong value; warn_only avoids errors on CUDA ops without a deterministic kernel.
+    enabled = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
+
+
+def _validate_videos(video_embeddings: np.ndarray) -> np.ndarray:
+    videos = np.asarray(video_embeddings, dtype=np.float32)
+    if videos.ndim != 2 or len(videos) < 2:
+        raise InvalidInputError(f"Expected video embeddings of shape (N, D) with N >= 2, got {videos.shape}")
+    if not np.isfinite(videos).all():
+        raise InvalidInputError("Video embeddings must be finite (found NaN or inf)")
+    return videos
+
+
+def _validate_captions(caption_ordinals: np.ndarray, caption_embeddings: np.ndarray, num_videos: int) -> tuple[np.ndarray, np.ndarray]:
+    ordinals = np.asarray(caption_ordinals)
+    captions = np.asarray(caption_embeddings, dtype=np.float32)
+    if captions.ndim != 2 or len(captions) < 1:
+        raise InvalidInputError(f"Expected caption embeddings of shape (M, Dq) with M >= 1, got {captions.shape}")
+    if ordinals.shape != (len(captions),) or not np.issubdtype(ordinals.dtype, np.integer):
+        raise InvalidInputError(f"Expected {len(captions)} integer caption ordinals, got dtype {ordinals.dtype} and shape {ordinals.shape}")
+    if ordinals.min() < 0 or ordinals.max() >= num_videos:
+        raise InvalidInputError(f"Caption ordinals must lie in [0, {num_videos - 1}], got values from {ordinals.min()} to {ordinals.max()}")
+    if not np.isfinite(captions).all():
+        raise InvalidInputError("Caption embeddings must be finite (found NaN or inf)")
+    return ordinals.astype(np.int64), captions
+
+
+def _batches(count: int, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
+    order = torch.randperm(count, generator=generator)
+    for start in range(0, count, batch_size):
+        yield order[start : start + batch_size]
+
+
+def _code_losses(logits: list[torch.Tensor], targets: torch.Tensor, label_smoothing: float) -> list[torch.Tensor]:
+    return [F.cross_entropy(level_logits, targets[:, level], label_smoothing=label_smoothing) for level, level_logits in enumerate(logits)]
+
+
+def _contrastive_loss(queries: torch.Tensor, targets: torch.Tensor, ordinals: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Symmetric InfoNCE between unit ``(B, d)`` queries and unit ``(B, d)`` targets.
+
+    Rows of the same video are not negatives of each other (a video appears once per
+    caption in a batch), so those entries are masked out.
+    """
+    logits = queries @ targets.T / temperature
+    same_video = ordinals[:, None] == ordinals[None, :]
+    same_video.fill_diagonal_(False)
+    logits = logits.masked_fill(same_video, float("-inf"))
+    labels = torch.arange(len(queries), device=queries.device)
+    return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels))
+
+
+def _diversity_loss(view_vectors: torch.Tensor, margin: float) -> torch.Tensor:
+    """Squared hinge on the cosine between two views of one video, ``(B, V, d)`` unit vectors."""
+    views = view_vectors.shape[1]
+    cosines = view_vectors @ view_vectors.transpose(1, 2)
+    off_diagonal = ~torch.eye(views, dtype=torch.bool, device=view_vectors.device)
+    return F.relu(cosines[:, off_diagonal] - margin).pow(2).mean()
+
+
+def _level_step(
+    tokenizer: MultiViewTokenizer,
+    retriever: GenerativeRetriever,
+    videos: torch.Tensor,
+    queries: torch.Tensor,
+    routes: torch.Tensor,
+    ordinals: torch.Tensor,
+    level: int,
+    config: TrainConfig,
+) -> dict[str, torch.Tensor]:
+    """Return the losses of one batch while ``level`` trains; ``videos`` ``(B, D)`` is one row per caption."""
+    batch, views = len(videos), tokenizer.views
+    view_vectors = tokenizer.view_vectors(videos)
+    flat = view_vectors.reshape(batch * views, -1)
+
+    # Residual quantization of every view down to `level`. The trained level may pick
+    # balanced codes; the retriever's targets are always the plain nearest codes, the
+    # ones assignment will produce.
+    residual = flat
+    quantized = torch.zeros_like(flat)
+    commitment = flat.new_zeros(())
+    nearest_codes = []
+    for current in range(level + 1):
+        scores = tokenizer.level_scores(current, residual)
+        nearest = scores.argmax(dim=-1)
+        chosen = nearest
+        if config.balanced_assignment and current == level:
+            chosen = sinkhorn_codes(scores, config.sinkhorn_epsilon, config.sinkhorn_iterations)
+        code_vectors = tokenizer.codebooks[current][chosen]
+        commitment = commitment + F.mse_loss(code_vectors, residual.detach()) + config.commitment_weight * F.mse_loss(residual, code_vectors.detach())
+        quantized = quantized + code_vectors.detach()
+        residual = residual - code_vectors.detach()
+        nearest_codes.append(nearest)
+    straight_through = (flat + (quantized - flat).detach()).reshape(batch, views, -1)
+
+    rows = torch.arange(batch, device=videos.device)
+    routed = F.normalize(straight_through[rows, routes], dim=-1)
+    losses = {
+        "contrastive": _contrastive_loss(tokenizer.project_queries(queries), routed, ordinals, config.temperature),
+        "reconstruction": 1.0 - F.cosine_similarity(tokenizer.decode(straight_through), videos, dim=-1).mean(),
+        "commitment": commitment,
+    }
+    if views > 1 and config.diversity_weight > 0:
+        losses["diversity"] = _diversity_loss(view_vectors, config.diversity_margin)
+
+    if config.cotrain:
+        targets = torch.stack(nearest_codes, dim=1).reshape(batch, views, level + 1)[rows, routes]
+        code_losses = _code_losses(retriever(queries, targets), targets, config.label_smoothing)
+        losses["code"] = code_losses[level]
+        if level > 0:
+            losses["earlier_code"] = torch.stack(code_losses[:level]).mean()
+    return losses
+
+
+_LOSS_WEIGHTS = {
+    "contrastive": "contrastive_weight",
+    "reconstruction": "reconstruction_weight",
+    "commitment": "commitment_weight",
+    "diversity": "diversity_weight",
+    "code": "code_weight",
+    "earlier_code": "earlier_code_weight",
+}
+
+
+def _weighted_total(losses: dict[str, torch.Tensor], config: TrainConfig) -> torch.Tensor:
+    # The commitment term carries beta inside it, so its weight here is 1.
+    weighted = [value if name == "commitment" else value * getattr(config, _LOSS_WEIGHTS[name]) for name, value in losses.items()]
+    return torch.stack(weighted).sum()
+
+
+def _train_level(
+    tokenizer: MultiViewTokenizer,
+    retriever: GenerativeRetriever,
+    data: _TrainingData,
+    level: int,
+    config: TrainConfig,
+    generator: torch.Generator,
+) -> tuple[dict[str, float], int]:
+    """Train one level for ``epochs_per_level`` epochs; return its last epoch's mean losses and the dead codes reset."""
+    tokenizer.init_codebook(level, data.videos, config.seed)
+    for current, codebook in enumerate(tokenizer.codebooks):
+        codebook.requires_grad_(current == level)
+    modules = [tokenizer, retriever] if config.cotrain else [tokenizer]
+    parameters = list({id(p): p for module in modules for p in module.parameters() if p.requires_grad}.values())
+    optimizer = torch.optim.Adam(parameters, lr=config.lr)
+
+    dead_total = 0
+    epoch_losses: dict[str, float] = {}
+    for epoch in range(config.epochs_per_level):
+        sums: dict[str, float] = {}
+        steps = 0
+        for batch in _batches(len(data.queries), config.batch_size, generator):
+            batch = batch.to(data.queries.device)
+            ordinals = data.ordinals[batch]
+            losses = _level_step(tokenizer, retriever, data.videos[ordinals], data.queries[batch], data.routes[batch], ordinals, level, config)
+            total = _weighted_total(losses, config)
+            optimizer.zero_grad(set_to_none=True)
+            total.backward()
+            optimizer.step()
+            for name, value in losses.items():
+                sums[name] = sums.get(name, 0.0) + float(value.detach())
+            steps += 1
+        epoch_losses = {name: value / steps for name, value in sums.items()}
+        if config.reinit_dead_codes and epoch + 1 < config.epochs_per_level:
+            dead_total += tokenizer.reinit_dead_codes(level, data.videos, generator)
+    logger.info("Level %d trained: %s, %d dead codes reset", level, ", ".join(f"{k} {v:.4f}" for k, v in sorted(epoch_losses.items())), dead_total)
+    return epoch_losses, dead_total
+
+
+def _fit_retriever_on_codes(
+    retriever: GenerativeRetriever,
+    targets: torch.Tensor,
+    queries: torch.Tensor,
+    epochs: int,
+    config: TrainConfig,
+    generator: torch.Generator,
+) -> dict[str, float]:
+    """Train the retriever's own weights on fixed ``(M, L)`` target IDs, all levels at once; return the last epoch's losses."""
+    parameters = [p for name, p in retriever.named_parameters() if not name.startswith("codebooks.")]
+    optimizer = torch.optim.Adam(parameters, lr=config.lr)
+    epoch_losses: dict[str, float] = {}
+    for _ in range(epochs):
+        sums = np.zeros(targets.shape[1])
+        steps = 0
+        for batch in _batches(len(queries), config.batch_size, generator):
+            batch = batch.to(queries.device)
+            level_losses = _code_losses(retriever(queries[batch], targets[batch]), targets[batch], config.label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            torch.stack(level_losses).mean().backward()
+            optimizer.step()
+            sums += np.array([float(loss.detach()) for loss in level_losses])
+            steps += 1
+        epoch_losses = {f"code_level_{level}": float(value / steps) for level, value in enumerate(sums)}
+    return epoch_losses
+
+
+@dataclass(frozen=True, eq=False)
+class _TrainingData:
+    videos: torch.Tensor  # (N, D)
+    queries: torch.Tensor  # (M, Dq)
+    ordinals: torch.Tensor  # (M,) int64
+    routes: torch.Tensor  # (M,) int64
+
+
+def train(
+    video_embeddings: np.ndarray,
+    caption_ordinals: np.ndarray,
+    caption_embeddings: np.ndarray,
+    config: TrainConfig = TrainConfig(),
+) -> TrainedModel:
+    """Train a multi-view tokenizer and its retriever on (video, caption) pairs.
+
+    ``video_embeddings`` ``(N, D)`` float32, ``caption_ordinals`` ``(M,)`` the video of
+    each training caption, ``caption_embeddings`` ``(M, Dq)`` float32; ``Dq`` may differ
+    from ``D`` (a different query encoder). The same inputs and config give identical
+    weights on the same hardware and torch build.
+    """
+    videos_np = _validate_videos(video_embeddings)
+    ordinals_np, captions_np = _validate_captions(caption_ordinals, caption_embeddings, len(videos_np))
+    started = time.perf_counter()
+    device = torch.device(config.device)
+    with _deterministic_algorithms():
+        generator = torch.Generator().manual_seed(config.seed)
+        routes_np = route_captions(ordinals_np, captions_np, len(videos_np), config.views, config.seed, config.view_order)
+        distinct_videos = len(np.unique(videos_np.round(6), axis=0))
+        sizes = [effective_codes(config.codes_per_level, len(videos_np), distinct_videos)] * config.levels
+        view_dim = config.view_dim or videos_np.shape[1]
+
+        tokenizer = MultiViewTokenizer(videos_np.shape[1], captions_np.shape[1], config.views, view_dim, sizes, generator).to(device)
+        retriever = GenerativeRetriever(captions_np.shape[1], config.hidden, tokenizer.codebooks, generator, config.retriever_scale).to(device)
+        data = _TrainingData(
+            videos=torch.from_numpy(videos_np).to(device),
+            queries=torch.from_numpy(captions_np).to(device),
+            ordinals=torch.from_numpy(ordinals_np).to(device),
+            routes=torch.from_numpy(routes_np).to(device),
+        )
+
+        level_losses = []
+        dead_codes = []
+        for level in range(config.levels):
+            losses, dead = _train_level(tokenizer, retriever, data, level, config, generator)
+            level_losses.append(losses)
+            dead_codes.append(dead)
+
+        tokenizer.requires_grad_(False)
+        codes = tokenizer.assign(videos_np, distinct_ids=config.distinct_ids)
+        targets = torch.from_numpy(codes[ordinals_np, routes_np].astype(np.int64)).to(device)
+        retriever_epochs = config.polish_epochs if config.cotrain else config.levels * config.epochs_per_level + config.polish_epochs
+        retriever_losses = _fit_retriever_on_codes(retriever, targets, data.queries, retriever_epochs, config, generator)
+        retriever.requires_grad_(False)
+
+    stats = TrainingStats(
+        level_losses=level_losses,
+        retriever_losses=retriever_losses,
+        dead_codes_reset=dead_codes,
+        seconds=time.perf_counter() - started,
+        routed_captions_per_view=np.bincount(routes_np, minlength=config.views).tolist(),
+    )
+    logger.info("Trained %d views x %d levels on %d videos and %d captions in %.1f s", config.views, config.levels, len(videos_np), len(captions_np), stats.seconds)
+    return TrainedModel(tokenizer, retriever, config, stats)
+
+
+def train_retriever_for_codes(
+    video_codes: np.ndarray,
+    codebooks: list[np.ndarray],
+    caption_ordinals: np.ndarray,
+    caption_embeddings: np.ndarray,
+    config: TrainConfig = TrainConfig(),
+) -> GenerativeRetriever:
+    """Train a retriever to decode captions into fixed IDs, e.g. the residual k-means baseline's.
+
+    ``video_codes`` ``(N, V, L)`` and the ``(K_l, d)`` ``codebooks`` stay frozen; with
+    ``V > 1`` captions are routed to views as in ``train``. The retriever trains for as
+    many epochs as ``train`` gives it in all (``levels * epochs_per_level +
+    polish_epochs``), so both compare at equal training.
+    """
+    video_codes = np.asarray(video_codes)
+    if video_codes.ndim != 3 or video_codes.shape[2] != len(codebooks):
+        raise InvalidInputError(f"Expected codes of shape (N, V, {len(codebooks)}) for {len(codebooks)} codebooks, got {video_codes.shape}")
+    for level, codebook in enumerate(codebooks):
+        if int(video_codes[:, :, level].max()) >= len(codebook):
+            raise InvalidInputError(f"Level {level} uses code {int(video_codes[:, :, level].max())}, outside its codebook of {len(codebook)}")
+    ordinals_np, captions_np = _validate_captions(caption_ordinals, caption_embeddings, len(video_codes))
+
+    device = torch.device(config.device)
+    with _deterministic_algorithms():
+        generator = torch.Generator().manual_seed(config.seed)
+        routes = route_captions(ordinals_np, captions_np, len(video_codes), video_codes.shape[1], config.seed, config.view_order)
+        frozen = nn.ParameterList([nn.Parameter(torch.as_tensor(np.asarray(c, dtype=np.float32)), requires_grad=False) for c in codebooks])
+        retriever = GenerativeRetriever(captions_np.shape[1], config.hidden, frozen, generator, config.retriever_scale).to(device)
+        targets = torch.from_numpy(video_codes[ordinals_np, routes].astype(np.int64)).to(device)
+        epochs = config.levels * config.epochs_per_level + config.polish_epochs
+        losses = _fit_retriever_on_codes(retriever, targets, torch.from_numpy(captions_np).to(device), epochs, config, generator)
+        retriever.requires_grad_(False)
+    logger.info("Trained a retriever for fixed codes: %s", ", ".join(f"{k} {v:.4f}" for k, v in losses.items()))
+    return retriever

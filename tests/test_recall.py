@@ -1,0 +1,91 @@
+"""Trie-constrained beam search and candidate pooling with hand-set retriever weights."""
+
+import numpy as np
+import pytest
+
+from grdr_core.errors import InvalidInputError
+from grdr_core.recall import beam_search, candidates_from_ids
+from grdr_core.retriever_runtime import RetrieverRuntime
+from grdr_core.trie import TrieReader, write_trie
+
+
+def _runtime(levels=2, codes=4, seed=0):
+    """A retriever whose state is the query itself, so logits are cosines with the codebook."""
+    dim = codes
+    rng = np.random.default_rng(seed)
+    eye = np.eye(dim, dtype=np.float32)
+    return RetrieverRuntime(
+        w_in=eye * 5.0,  # tanh(5 q) keeps the sign pattern of a one-hot query
+        b_in=np.zeros(dim, np.float32),
+        w_out=[eye.copy() for _ in range(levels)],
+        codebooks=[eye.copy() for _ in range(levels)],
+        w_h=[np.zeros((dim, dim), np.float32) for _ in range(levels)],
+        w_e=[rng.standard_normal((dim, dim)).astype(np.float32) * 0.0 for _ in range(levels)],
+        b=[np.zeros(dim, np.float32) for _ in range(levels)],
+        scale=10.0,
+    )
+
+
+@pytest.fixture
+def trie(tmp_path):
+    codes = np.array([[[0, 0]], [[0, 1]], [[1, 2]], [[2, 3]], [[0, 0]], [[3, 3]]], dtype=np.uint16)
+    write_trie(tmp_path / "t.lmdb", codes, [4, 4])
+    return TrieReader(tmp_path / "t.lmdb")
+
+
+def test_beam_search_only_returns_existing_ids(trie):
+    runtime = _runtime()
+    queries = np.eye(4, dtype=np.float32)
+    existing = {(0, 0), (0, 1), (1, 2), (2, 3), (3, 3)}
+    for decoded in beam_search(runtime, trie, queries, beam=10):
+        assert {d.codes for d in decoded} <= existing
+        assert len(decoded) == 5
+        assert all(a.log_prob >= b.log_prob for a, b in zip(decoded, decoded[1:]))
+
+
+def test_beam_search_follows_the_model(trie):
+    runtime = _runtime()
+    (decoded,) = beam_search(runtime, trie, np.eye(4, dtype=np.float32)[[1]], beam=1)
+    # Level 0 prefers code 1; the only child of (1,) is 2.
+    assert [d.codes for d in decoded] == [(1, 2)]
+    assert decoded[0].log_prob < 0
+
+
+def test_beam_width_limits_results(trie):
+    results = beam_search(_runtime(), trie, np.eye(4, dtype=np.float32)[[0]], beam=2)
+    assert len(results[0]) == 2
+    assert results[0][0].codes[0] == 0
+
+
+def test_batch_matches_single_queries(trie):
+    runtime = _runtime()
+    queries = np.random.default_rng(1).standard_normal((5, 4)).astype(np.float32)
+    batch = beam_search(runtime, trie, queries, beam=3)
+    for query, expected in zip(queries, batch):
+        assert beam_search(runtime, trie, query[None], beam=3)[0] == expected
+
+
+def test_candidates_in_beam_order_deduplicated_and_capped(trie):
+    (decoded,) = beam_search(_runtime(), trie, np.eye(4, dtype=np.float32)[[0]], beam=5)
+    all_candidates = candidates_from_ids(trie, decoded, max_candidates=100)
+    assert sorted(all_candidates.tolist()) == [0, 1, 2, 3, 4, 5]
+    assert all_candidates[:2].tolist() == [0, 4]  # (0, 0) holds videos 0 and 4 and decodes first
+    assert candidates_from_ids(trie, decoded, max_candidates=3).tolist() == all_candidates[:3].tolist()
+
+
+def test_bad_arguments_raise(trie):
+    with pytest.raises(InvalidInputError, match="beam"):
+        beam_search(_runtime(), trie, np.eye(4, dtype=np.float32)[[0]], beam=0)
+    with pytest.raises(InvalidInputError, match="levels"):
+        beam_search(_runtime(levels=3), trie, np.eye(4, dtype=np.float32)[[0]], beam=2)
+    with pytest.raises(InvalidInputError, match="max_candidates"):
+        candidates_from_ids(trie, [], max_candidates=0)
+
+
+def test_runtime_save_load_round_trip(tmp_path):
+    runtime = _runtime(seed=3)
+    runtime.save(tmp_path / "model")
+    loaded = RetrieverRuntime.load(tmp_path / "model")
+    states = loaded.start(np.eye(4, dtype=np.float32))
+    np.testing.assert_array_equal(states, runtime.start(np.eye(4, dtype=np.float32)))
+    np.testing.assert_array_equal(loaded.logits(1, states), runtime.logits(1, states))
