@@ -30,7 +30,7 @@ setup(
         "pyarrow>=15",
         "lmdb>=1.4",
         "torch>=2.2",
-        "transformers>=4.40",
+        "transformers>=5.0",
         "safetensors>=0.4",
         "scikit-learn>=1.4",
         "decord>=0.6",
@@ -43,7 +43,7 @@ setup(
     extras_require={
         "beam": ["apache-beam>=2.60"],
         "ray": ["ray[data]>=2.40"],
-        "test": ["pytest>=8"],
+        "test": ["pytest>=8", "pillow>=10"],
     },
     entry_points={"console_scripts": ["grdr-index=grdr_jobs.cli:main"]},
 )

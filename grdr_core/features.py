@@ -209,7 +209,7 @@ def preprocess_frames(
     std = torch.tensor(preprocessing.std, dtype=torch.float32, device=images.device).view(1, 3, 1, 1)
     mean = torch.tensor(preprocessing.mean, dtype=torch.float32, device=images.device).view(1, 3, 1, 1)
     pixels = images.to(torch.float32, memory_format=torch.contiguous_format)
-    return pixels.mul_(preprocessing.scale / std).sub_(mean / std) if pixels.shape[0] != 1 else pixels.mul_(preprocessing.scale/std)
+    return pixels.mul_(preprocessing.scale / std).sub_(mean / std)
 
 
 def _resized_shape(height: int, width: int, short_side: int) -> tuple[int, int]:
@@ -229,6 +229,8 @@ def resize_two_pass(images: torch.Tensor, size: tuple[int, int], mode: str) -> t
     random-noise frames. Returns float32 with integer values in [0, 255].
     """
     height = images.shape[-2]
+    images = F.interpolate(images, size=(height, size[1]), mode=mode, antialias=True)
+    images = images.clamp_(0, 255).round_()
     images = F.interpolate(images, size=size, mode=mode, antialias=True)
     return images.clamp_(0, 255).round_()
 
