@@ -33,6 +33,7 @@ setup(
         "transformers>=5.0",
         "safetensors>=0.4",
         "scikit-learn>=1.4",
+        "scipy>=1.11",
         "decord>=0.6",
         "av>=12",
         "pebble>=5.0",

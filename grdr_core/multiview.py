@@ -58,11 +58,11 @@ def unit_rows(x: np.ndarray) -> np.ndarray:
 
 
 def _batched_kmeans(points: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
-    """Cluster each of ``G`` point sets ``(G, n, dim)`` into ``k`` clusters; return labels ``(G, n)``.
+    """Cluster each of ``G`` point sets ``(G, n, dim)`` into ``k`` clusters and return the labels ``(G, n)``.
 
-    k-means++ seeding (Arthur and Vassilvitskii 2007) then Lloyd iterations, vectorised
-    over the ``G`` sets. One sklearn ``KMeans`` call per video costs about 7-30 ms of fixed
-    overhead, too slow for one call per video of a large corpus.
+    Uses k-means++ seeding, then Lloyd iterations, vectorised over the ``G`` sets. One
+    sklearn ``KMeans`` call per video took 7-30 ms of fixed overhead on a 2-core machine,
+    too slow for one call per video of a large corpus.
     """
     groups, n, _ = points.shape
     rows = np.arange(groups)
@@ -70,7 +70,7 @@ def _batched_kmeans(points: np.ndarray, k: int, rng: np.random.Generator) -> np.
     centers[:, 0] = points[rows, rng.integers(0, n, size=groups)]
     nearest = ((points - centers[:, :1]) ** 2).sum(axis=2)  # (G, n) squared distance to the nearest center
     for j in range(1, k):
-        # D^2 sampling; a set whose points all coincide with chosen centers picks uniformly.
+        # D^2 sampling. A set whose points all coincide with chosen centers picks uniformly.
         weights = nearest + 1e-12
         cumulative = np.cumsum(weights, axis=1)
         draws = rng.random(groups) * cumulative[:, -1]
@@ -101,7 +101,7 @@ def route_captions(
     seed: int,
     order: str = "anchors",
 ) -> np.ndarray:
-    """Return the view ``(M,)`` int64 that each caption trains, clustering each video's captions.
+    """Route each caption to one view of its video by clustering the video's captions, and return the ``(M,)`` int64 views.
 
     A video's captions (unit-normalised) are clustered by k-means with ``k = min(views,
     number of captions)``, and every cluster goes to its own view. ``order`` decides which
@@ -161,7 +161,8 @@ def _order_clusters(captions: np.ndarray, labels: np.ndarray, k: int, views: int
         return view_of
 
     centroids = unit_rows(np.stack([captions[labels == j].mean(axis=0) for j in present]))
-    similarity = centroids @ anchors.T  # (clusters, anchors); fewer anchors than views only for tiny inputs
+    # (clusters, anchors). There are fewer anchors than views only when all captions have fewer distinct rows.
+    similarity = centroids @ anchors.T
     cluster_rows, anchor_columns = linear_sum_assignment(-similarity)
     view_of = np.zeros(k, dtype=np.int64)
     taken = set(anchor_columns.tolist())
@@ -178,12 +179,13 @@ def _order_clusters(captions: np.ndarray, labels: np.ndarray, k: int, views: int
 
 
 def sinkhorn_codes(scores: torch.Tensor, epsilon: float, iterations: int) -> torch.Tensor:
-    """Return balanced codes ``(n,)`` for ``(n, K)`` similarity scores.
+    """Assign balanced codes ``(n,)`` for ``(n, K)`` similarity scores.
 
-    Sinkhorn-Knopp in the log domain finds the assignment matrix closest to
-    ``softmax(scores / epsilon)`` whose codes each take ``n / K`` of the points, as in
-    SwAV (Caron et al., "Unsupervised Learning of Visual Features by Contrasting Cluster
-    Assignments", 2020); each point then takes its most likely code.
+    Sinkhorn-Knopp iterations, here in the log domain, find the soft assignment closest
+    to ``softmax(scores / epsilon)`` in which every code takes ``n / K`` of the points.
+    This is the equipartition step of SwAV (Caron et al., "Unsupervised Learning of
+    Visual Features by Contrasting Cluster Assignments", NeurIPS 2020). Each point then
+    takes its most likely code.
     """
     n, k = scores.shape
     log_q = scores.detach().float() / epsilon
@@ -194,7 +196,7 @@ def sinkhorn_codes(scores: torch.Tensor, epsilon: float, iterations: int) -> tor
 
 
 def quantize_residuals(views: np.ndarray, codebooks: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """Quantize ``(n, d)`` view vectors; return codes ``(n, L)`` and the last level's cosines ``(n, K_last)``."""
+    """Quantize ``(n, d)`` view vectors and return codes ``(n, L)`` and the last level's cosines ``(n, K_last)``."""
     residual = views.astype(np.float32, copy=True)
     codes = np.empty((len(views), len(codebooks)), dtype=np.int64)
     scores = np.empty((len(views), 0), dtype=np.float32)
@@ -216,7 +218,7 @@ def repair_duplicate_ids(
     view_vectors: np.ndarray,
     codebooks: list[np.ndarray],
 ) -> np.ndarray:
-    """Give each video's views distinct full IDs where the codebooks allow it; return the repaired codes.
+    """Give each video's views distinct full IDs where the codebooks allow it and return the repaired codes.
 
     ``codes`` ``(n, V, L)`` are the plain assignments, ``last_scores`` ``(n, V, K_last)``
     the cosines of each view's last residual to the last codebook, ``view_vectors``
@@ -322,6 +324,9 @@ def assign_multiview_codes(
 def id_statistics(codes: np.ndarray, codebook_sizes: list[int]) -> dict[str, float | int | list[float]]:
     """Measure view redundancy, ID collisions and codebook use of ``(N, V, L)`` semantic IDs.
 
+    NOTE: this module imports torch, so code that must not load torch (index readers)
+    cannot import this function from here. It uses NumPy only and can move to such a module.
+
     Returned keys:
     - ``videos``, ``views``, ``levels``;
     - ``distinct_ids_per_video``: mean number of distinct IDs among a video's views;
@@ -373,13 +378,16 @@ def id_statistics(codes: np.ndarray, codebook_sizes: list[int]) -> dict[str, flo
 
 
 class MultiViewTokenizer(nn.Module):
-    """Learned view projections, shared residual codebooks, and the training-only heads.
+    """Learned view projections, shared residual codebooks, and the heads used only in training.
 
-    Parameters: ``view_projections`` ``(V, d, D)``; ``codebooks[l]`` ``(K_l, d)``, shared
-    with the retriever; ``query_projection`` ``(d, Dq)``, which maps a caption into view
-    space for the contrastive loss; ``decoders`` ``(V, D, d)``, which map the quantized
-    views back to the video embedding for the reconstruction loss. Only the projections
-    and codebooks are needed to assign IDs.
+    Parameters:
+    - ``view_projections`` ``(V, d, D)``;
+    - ``codebooks[l]`` ``(K_l, d)``, shared with the retriever;
+    - ``query_projection`` ``(d, Dq)`` maps a caption into view space for the contrastive loss;
+    - ``decoders`` ``(V, D, d)`` map the quantized views back to the video embedding for
+      the reconstruction loss.
+
+    Assigning IDs needs only the projections and the codebooks.
     """
 
     def __init__(
@@ -474,7 +482,7 @@ class MultiViewTokenizer(nn.Module):
         k-means (sklearn) on the unit residual directions gives the code directions, and
         each code's length is the mean projection of its members onto that direction, so
         that subtracting the code removes the members' component along it. Cosine code
-        selection ignores the length; the residual passed down does not.
+        selection ignores the length, but the residual passed down does not.
         """
         residuals = self.residuals_at(videos, level).cpu().numpy()
         rng = np.random.default_rng(seed + level)
@@ -493,10 +501,10 @@ class MultiViewTokenizer(nn.Module):
 
     @torch.no_grad()
     def reinit_dead_codes(self, level: int, videos: torch.Tensor, generator: torch.Generator) -> int:
-        """Reset the level's codes that no view of ``videos`` selects to residuals of random views; return how many.
+        """Reset the level's codes that no view of ``videos`` selects and return how many were reset.
 
-        Dead-code re-initialisation as used for VQ codebooks (e.g. Dhariwal et al.,
-        "Jukebox", 2020): a code no point selects gets no gradient and would stay dead.
+        A code that no point selects gets no gradient and would stay unused, a common
+        failure of VQ codebooks. Each such code becomes the residual of a random view.
         """
         residuals = self.residuals_at(videos, level)
         used = torch.zeros(self.codebook_sizes[level], dtype=torch.bool, device=residuals.device)

@@ -1,14 +1,16 @@
 """Co-training of the multi-view tokenizer and the generative retriever.
 
-After GRDR (Zhao et al., arXiv 2601.21193, 2026). The retriever decodes a query embedding
-into a semantic ID one level at a time; its output and input embeddings at level ``l``
-are the tokenizer's level-``l`` codebook (the same ``nn.Parameter``), so training the
-retriever also shapes the codes. ``GenerativeRetriever`` is the torch twin of
+After GRDR (Zhao et al., "Generative Recall, Dense Reranking: Learning Multi-View
+Semantic IDs for Efficient Text-to-Video Retrieval", arXiv 2601.21193, 2026). The
+retriever decodes a query embedding into a semantic ID one level at a time. Its output
+and input embeddings at level ``l`` are the tokenizer's level-``l`` codebook (the same
+``nn.Parameter``), so training the retriever also shapes the codes. ``GenerativeRetriever`` is the torch twin of
 ``grdr_core.retriever_runtime.RetrieverRuntime``, whose docstring fixes the architecture.
 
-``train`` runs progressive training: for each level in turn, the level's codebook is
-initialised by k-means on the residuals left by the levels above it, the codebooks above
-are frozen, and the tokenizer (and, when co-training, the retriever) train on these losses:
+``train`` runs progressive training. For each level in turn, the level's codebook is
+initialised by k-means on the residuals left by the levels above it, and the codebooks
+above are frozen. The tokenizer (and, when co-training, the retriever) then trains on
+these losses:
 
 - in-batch contrastive (InfoNCE): a projection of each caption against the quantized
   vector of the view it is routed to, other videos in the batch as negatives;
@@ -30,7 +32,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -76,7 +78,7 @@ class TrainConfig:
     retriever_scale: float = 10.0  # initial scale of the retriever's cosine logits (learned)
     cotrain: bool = True  # False: train the tokenizer alone, freeze it, then train the retriever
     view_order: str = "anchors"  # see multiview.route_captions
-    # View diversity and codebook use; without_view_diversity() turns all four off.
+    # View diversity and codebook use. without_view_diversity() turns all four off.
     distinct_ids: bool = True
     balanced_assignment: bool = True
     sinkhorn_epsilon: float = 0.05
@@ -84,6 +86,8 @@ class TrainConfig:
     reinit_dead_codes: bool = True
     diversity_weight: float = 0.1
     diversity_margin: float = 0.5  # cosine between two views of a video above which the hinge applies
+    # NOTE: "cuda" has not been run yet. Training moves every tensor to this device, and
+    # assignment and export always run on the CPU in NumPy.
     device: str = "cpu"
 
     def __post_init__(self) -> None:
@@ -130,7 +134,7 @@ class TrainingStats:
 
 
 class GenerativeRetriever(nn.Module):
-    """Query embedding to semantic-ID logits; see ``grdr_core.retriever_runtime`` for the equations.
+    """Generative retriever from query embedding to semantic-ID logits, as in ``grdr_core.retriever_runtime``.
 
     ``codebooks`` is the tokenizer's ``nn.ParameterList`` itself, not a copy, so the
     retriever's vocabulary at level ``l`` is the tokenizer's level-``l`` codebook.
@@ -276,7 +280,7 @@ class TrainedModel:
         except (OSError, ValueError) as exc:
             raise IndexFormatError(f"Cannot load the multi-view model from {directory}: {exc}") from exc
         if header.get("tokenizer") != cls.name:
-            raise IndexFormatError(f"{directory} holds tokenizer {header.get('tokenizer')!r}, not {cls.name!r}")
+            raise IndexFormatError(f"{directory} contains tokenizer {header.get('tokenizer')!r}, expected {cls.name!r}")
         if header.get("format_version") != MODEL_FORMAT_VERSION:
             raise IndexFormatError(f"Model in {directory} has format version {header.get('format_version')}, expected {MODEL_FORMAT_VERSION}")
 
@@ -304,8 +308,8 @@ class TrainedModel:
 
 @contextmanager
 def _deterministic_algorithms() -> Iterator[None]:
-    # NOTE: torch keeps this flag per process, so training in two threads at once can
-    # restore the wrong value; warn_only avoids errors on CUDA ops without a deterministic kernel.
+    # NOTE: torch keeps this flag per process, so two trainings in parallel threads can
+    # restore the wrong value. warn_only avoids errors on CUDA ops without a deterministic kernel.
     enabled = torch.are_deterministic_algorithms_enabled()
     warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
     torch.use_deterministic_algorithms(True, warn_only=True)
@@ -380,14 +384,14 @@ def _level_step(
     level: int,
     config: TrainConfig,
 ) -> dict[str, torch.Tensor]:
-    """Return the losses of one batch while ``level`` trains; ``videos`` ``(B, D)`` is one row per caption."""
+    """Compute the losses of one batch while ``level`` trains, with one ``videos`` row ``(B, D)`` per caption."""
     batch, views = len(videos), tokenizer.views
     view_vectors = tokenizer.view_vectors(videos)
     flat = view_vectors.reshape(batch * views, -1)
 
     # Residual quantization of every view down to `level`. The trained level may pick
-    # balanced codes; the retriever's targets are always the plain nearest codes, the
-    # ones assignment will produce.
+    # balanced codes, but the retriever's targets are always the nearest codes, because
+    # those are the codes that assignment produces.
     residual = flat
     quantized = torch.zeros_like(flat)
     commitment = flat.new_zeros(())
@@ -427,7 +431,6 @@ def _level_step(
 _LOSS_WEIGHTS = {
     "contrastive": "contrastive_weight",
     "reconstruction": "reconstruction_weight",
-    "commitment": "commitment_weight",
     "diversity": "diversity_weight",
     "code": "code_weight",
     "earlier_code": "earlier_code_weight",
@@ -435,7 +438,7 @@ _LOSS_WEIGHTS = {
 
 
 def _weighted_total(losses: dict[str, torch.Tensor], config: TrainConfig) -> torch.Tensor:
-    # The commitment term carries beta inside it, so its weight here is 1.
+    # The commitment term carries beta (commitment_weight) inside it, so it is added unweighted.
     weighted = [value if name == "commitment" else value * getattr(config, _LOSS_WEIGHTS[name]) for name, value in losses.items()]
     return torch.stack(weighted).sum()
 
@@ -448,7 +451,7 @@ def _train_level(
     config: TrainConfig,
     generator: torch.Generator,
 ) -> tuple[dict[str, float], int]:
-    """Train one level for ``epochs_per_level`` epochs; return its last epoch's mean losses and the dead codes reset."""
+    """Train one level for ``epochs_per_level`` epochs and return its last epoch's mean losses and the dead codes reset."""
     tokenizer.init_codebook(level, data.videos, config.seed)
     for current, codebook in enumerate(tokenizer.codebooks):
         codebook.requires_grad_(current == level)
@@ -487,7 +490,7 @@ def _fit_retriever_on_codes(
     config: TrainConfig,
     generator: torch.Generator,
 ) -> dict[str, float]:
-    """Train the retriever's own weights on fixed ``(M, L)`` target IDs, all levels at once; return the last epoch's losses."""
+    """Train the retriever's own weights on fixed ``(M, L)`` target IDs, all levels at once, and return the last epoch's losses."""
     parameters = [p for name, p in retriever.named_parameters() if not name.startswith("codebooks.")]
     optimizer = torch.optim.Adam(parameters, lr=config.lr)
     epoch_losses: dict[str, float] = {}
@@ -519,13 +522,15 @@ def train(
     caption_ordinals: np.ndarray,
     caption_embeddings: np.ndarray,
     config: TrainConfig = TrainConfig(),
+    on_level_end: Callable[[int, MultiViewTokenizer], None] | None = None,
 ) -> TrainedModel:
     """Train a multi-view tokenizer and its retriever on (video, caption) pairs.
 
     ``video_embeddings`` ``(N, D)`` float32, ``caption_ordinals`` ``(M,)`` the video of
-    each training caption, ``caption_embeddings`` ``(M, Dq)`` float32; ``Dq`` may differ
-    from ``D`` (a different query encoder). The same inputs and config give identical
-    weights on the same hardware and torch build.
+    each training caption, ``caption_embeddings`` ``(M, Dq)`` float32. ``Dq`` may differ
+    from ``D`` (a different query encoder). ``on_level_end(level, tokenizer)``, if given,
+    runs after each level has trained, e.g. for progress reports. The same inputs and
+    config give identical weights on the same hardware and torch build.
     """
     videos_np = _validate_videos(video_embeddings)
     ordinals_np, captions_np = _validate_captions(caption_ordinals, caption_embeddings, len(videos_np))
@@ -553,6 +558,8 @@ def train(
             losses, dead = _train_level(tokenizer, retriever, data, level, config, generator)
             level_losses.append(losses)
             dead_codes.append(dead)
+            if on_level_end is not None:
+                on_level_end(level, tokenizer)
 
         tokenizer.requires_grad_(False)
         codes = tokenizer.assign(videos_np, distinct_ids=config.distinct_ids)
@@ -581,7 +588,7 @@ def train_retriever_for_codes(
 ) -> GenerativeRetriever:
     """Train a retriever to decode captions into fixed IDs, e.g. the residual k-means baseline's.
 
-    ``video_codes`` ``(N, V, L)`` and the ``(K_l, d)`` ``codebooks`` stay frozen; with
+    ``video_codes`` ``(N, V, L)`` and the ``(K_l, d)`` ``codebooks`` stay frozen. With
     ``V > 1`` captions are routed to views as in ``train``. The retriever trains for as
     many epochs as ``train`` gives it in all (``levels * epochs_per_level +
     polish_epochs``), so both compare at equal training.

@@ -1,8 +1,8 @@
 """Synthetic retrieval corpus with known structure, for tests and ablations of semantic IDs.
 
 ``C`` concepts are random unit vectors in ``D`` dimensions. Each video mixes a few
-concepts, and each caption names one concept of its video, so a video answers several
-distinct queries: the case that multi-view semantic IDs are meant for. A private unit
+concepts, and each caption names one concept of its video, so a video matches several
+distinct queries, the case that multi-view semantic IDs are meant for. A private unit
 vector per video, added to the video and, at a smaller weight, to its captions, lets a
 caption identify its video among the videos that share the concept.
 
@@ -55,7 +55,7 @@ class SyntheticConfig:
 
 @dataclass(frozen=True, eq=False)
 class SyntheticCorpus:
-    """Embeddings and ground truth; every embedding row has unit L2 norm, float32."""
+    """Embeddings and ground truth of a synthetic corpus. Every embedding row is float32 with unit L2 norm."""
 
     video_embeddings: np.ndarray  # (N, D)
     caption_ordinals: np.ndarray  # (M,) int64, the video each caption describes
@@ -72,7 +72,7 @@ def _unit_rows(x: np.ndarray) -> np.ndarray:
 
 
 def make_synthetic_corpus(config: SyntheticConfig = SyntheticConfig()) -> SyntheticCorpus:
-    """Generate a corpus from ``config``; the same config gives identical arrays."""
+    """Generate a corpus from ``config``. The same config gives identical arrays."""
     rng = np.random.default_rng(config.seed)
     concepts = _unit_rows(rng.normal(size=(config.num_concepts, config.dim)))
     identities = _unit_rows(rng.normal(size=(config.num_videos, config.dim)))
