@@ -20,8 +20,8 @@ from grdr_core.errors import IndexExistsError, InvalidInputError, NothingIndexed
 from grdr_core.features import ClipEncoder, EncoderConfig
 from grdr_core.index import publish, staging_dir_for, write_header
 from grdr_core.manifest import ManifestWriter
-from grdr_core.quantize import QuantizerConfig, ResidualKMeansTokenizer
-from grdr_core.semantic_ids import assign_baseline_ids, baseline_tokenizer_header
+from grdr_core.quantize import QuantizerConfig
+from grdr_core.semantic_ids import assign_baseline_ids
 from grdr_core.shards import ShardReader, ShardWriter
 from grdr_schemas.index import IndexLayout
 from grdr_schemas.manifest import VideoStatus
@@ -97,8 +97,8 @@ def build_index(config: BuildConfig, encoder: ClipEncoder | None = None, progres
             raise NothingIndexedError(f"No video was indexed: {summary.describe()}")
 
         shards = ShardReader(layout.shards_dir, indexed, encoder.dim, config.records_per_shard)
-        tokenizer = assign_baseline_ids(shards, config.quantizer, layout)
-        write_header(layout, _header(config, decode_config, encoder, tokenizer, summary))
+        tokenizer_header = assign_baseline_ids(shards, config.quantizer, layout)
+        write_header(layout, _header(config, decode_config, encoder, tokenizer_header, summary))
         publish(staging, out_dir, config.overwrite)
     finally:
         if staging.exists():
@@ -208,7 +208,7 @@ def _header(
     config: BuildConfig,
     decode_config: DecodeConfig,
     encoder: ClipEncoder,
-    tokenizer: ResidualKMeansTokenizer,
+    tokenizer_header: dict[str, Any],
     summary: BuildSummary,
 ) -> dict[str, Any]:
     return {
@@ -216,7 +216,7 @@ def _header(
         "input_root": str(Path(config.input_root).resolve()),
         "encoder": {"name": encoder.name, "checksum": encoder.checksum, "dim": encoder.dim},
         "decode": asdict(decode_config),
-        "tokenizer": baseline_tokenizer_header(tokenizer),
+        "tokenizer": tokenizer_header,
         "counts": {
             "discovered": summary.discovered,
             "indexed": summary.indexed,

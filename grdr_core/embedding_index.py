@@ -18,7 +18,7 @@ from grdr_core.errors import IndexExistsError, InvalidInputError
 from grdr_core.index import publish, staging_dir_for, write_header
 from grdr_core.manifest import ManifestWriter
 from grdr_core.quantize import QuantizerConfig
-from grdr_core.semantic_ids import assign_baseline_ids, baseline_tokenizer_header
+from grdr_core.semantic_ids import assign_baseline_ids
 from grdr_core.shards import ShardReader, ShardWriter
 from grdr_schemas.index import IndexLayout
 from grdr_schemas.manifest import VideoStatus
@@ -70,13 +70,13 @@ def build_index_from_embeddings(
         manifest.close()
 
         reader = ShardReader(layout.shards_dir, count, dim, records_per_shard)
-        tokenizer = assign_baseline_ids(reader, quantizer, layout)
+        tokenizer_header = assign_baseline_ids(reader, quantizer, layout)
         header = {
             "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "input_root": None,
             "encoder": {"name": encoder_name, "checksum": PRECOMPUTED_PREFIX + encoder_name, "dim": dim},
             "decode": None,
-            "tokenizer": baseline_tokenizer_header(tokenizer),
+            "tokenizer": tokenizer_header,
             "counts": {"discovered": count, "indexed": count, "failed": 0, "by_status": {VideoStatus.OK.value: count}},
             "shards": {"count": count, "dim": dim, "records_per_shard": records_per_shard, "dtype": "float16"},
         }

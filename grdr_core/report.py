@@ -42,7 +42,7 @@ def index_report(index: Index) -> dict[str, Any]:
             "codes_used_per_level": stats.codes_used_per_level,
             "codebook_use_per_level": [round(used / size, 4) if size else 0.0 for used, size in zip(stats.codes_used_per_level, sizes)],
             "retriever": bool(tokenizer.get("retriever")),
-            # Per-video view statistics are measured when IDs are assigned (grdr-index train).
+            # Measured over every video's IDs when they were assigned (build or train).
             "view_statistics": tokenizer.get("id_statistics"),
         },
         "bytes": {

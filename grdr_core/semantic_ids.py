@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from grdr_core.id_stats import id_statistics
 from grdr_core.quantize import QuantizerConfig, ResidualKMeansTokenizer
 from grdr_core.shards import ShardReader
 from grdr_core.trie import write_trie
@@ -19,8 +20,11 @@ logger = logging.getLogger(__name__)
 MAX_QUANTIZER_TRAINING_POINTS = 65_536
 
 
-def assign_baseline_ids(shards: ShardReader, config: QuantizerConfig, layout: IndexLayout) -> ResidualKMeansTokenizer:
-    """Fit the residual k-means tokenizer on the stored embeddings, write the trie and model."""
+def assign_baseline_ids(shards: ShardReader, config: QuantizerConfig, layout: IndexLayout) -> dict[str, Any]:
+    """Fit the residual k-means tokenizer on the stored embeddings, write the trie and model.
+
+    Returns the tokenizer section of ``index.json``, ID statistics included.
+    """
     count = len(shards)
     if count > MAX_QUANTIZER_TRAINING_POINTS:
         rng = np.random.default_rng(config.seed)
@@ -32,14 +36,12 @@ def assign_baseline_ids(shards: ShardReader, config: QuantizerConfig, layout: In
     codes = np.concatenate([tokenizer.encode(block) for _, block in shards.iter_blocks()])
     write_trie(layout.trie, codes, tokenizer.codebook_sizes)
     tokenizer.save(layout.model_dir)
-    return tokenizer
-
-
-def baseline_tokenizer_header(tokenizer: ResidualKMeansTokenizer) -> dict[str, Any]:
     return {
         "name": tokenizer.name,
         "views": tokenizer.views,
         "levels": tokenizer.levels,
         "codebook_sizes": tokenizer.codebook_sizes,
         "seed": tokenizer.config.seed,
+        "retriever": False,
+        "id_statistics": id_statistics(codes, tokenizer.codebook_sizes),
     }

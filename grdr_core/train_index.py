@@ -16,7 +16,7 @@ import numpy as np
 from grdr_core.captions import CaptionReport, match_caption_embeddings, match_captions
 from grdr_core.errors import InvalidInputError
 from grdr_core.index import Index, open_index, publish, staging_dir_for, write_header
-from grdr_core.multiview import id_statistics
+from grdr_core.id_stats import id_statistics
 from grdr_core.training import TrainConfig, TrainedModel, train
 from grdr_core.trie import write_trie
 from grdr_schemas.index import IndexLayout

@@ -144,6 +144,7 @@ def search(index_dir: Path, text: str, k: int, model: str | None, device: str, a
 @click.option("--no-diversity", is_flag=True, help="Ablation: turn off distinct IDs per video, balanced assignment, dead-code resets and the diversity loss.")
 @click.option("--model", default=None, help="Text encoder to load instead of the one recorded in the index (same weights).")
 @click.option("--device", default="cpu", show_default=True, help='Torch device for training and caption encoding, e.g. "cpu" or "cuda".')
+@click.option("--threads", default=None, type=click.IntRange(min=1), help="CPU threads for torch [default: torch's choice]; lower it on a shared machine.")
 def train(
     index_dir: Path,
     captions: Path | None,
@@ -157,12 +158,17 @@ def train(
     no_diversity: bool,
     model: str | None,
     device: str,
+    threads: int | None,
 ) -> None:
     """Train multi-view semantic IDs and the generative retriever for an index."""
+    import torch
+
     from grdr_core.train_index import train_index
     from grdr_core.training import TrainConfig
 
     _quiet_transformers()
+    if threads is not None:
+        torch.set_num_threads(threads)
     config = TrainConfig(
         views=views,
         levels=levels,
