@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from grdr_core.decode import DecodeConfig, DecodedVideo, DecodePool
-from grdr_core.discovery import VideoFile, discover_videos
+from grdr_core.discovery import VIDEO_EXTENSIONS, VideoFile, discover_videos
 from grdr_core.errors import IndexExistsError, InvalidInputError, NothingIndexedError
 from grdr_core.features import ClipEncoder, EncoderConfig
 from grdr_core.index import publish, staging_dir_for, write_header
@@ -69,7 +69,12 @@ class BuildSummary:
 ProgressCallback = Callable[[VideoFile, str], None]
 
 
-def build_index(config: BuildConfig, encoder: ClipEncoder | None = None, progress: ProgressCallback | None = None) -> BuildSummary:
+def build_index(
+    config: BuildConfig,
+    encoder: ClipEncoder | None = None,
+    progress: ProgressCallback | None = None,
+    on_discovered: Callable[[int], None] | None = None,
+) -> BuildSummary:
     """Build an index of every video under ``config.input_root`` and publish it at ``config.out_dir``.
 
     Every discovered file gets exactly one manifest row, failed files included. Raises
@@ -81,6 +86,12 @@ def build_index(config: BuildConfig, encoder: ClipEncoder | None = None, progres
         raise IndexExistsError(f"Output directory already exists: {out_dir} (pass --overwrite to replace it)")
 
     files = discover_videos(config.input_root)
+    if not files:
+        raise NothingIndexedError(
+            f"No video files found under {config.input_root} (extensions: {', '.join(sorted(VIDEO_EXTENSIONS))})"
+        )
+    if on_discovered is not None:
+        on_discovered(len(files))
     encoder = encoder or ClipEncoder(config.encoder)
     decode_config = DecodeConfig(
         num_frames=config.decode.num_frames, short_side=encoder.short_side, timeout_s=config.decode.timeout_s

@@ -67,7 +67,10 @@ def publish(staging: Path, out_dir: Path, overwrite: bool) -> None:
         os.rename(out_dir, previous)
     os.rename(staging, out_dir)
     if previous is not None:
-        shutil.rmtree(previous)
+        if previous.is_dir() and not previous.is_symlink():
+            shutil.rmtree(previous)
+        else:
+            previous.unlink()
     logger.info("Published index %s", out_dir)
 
 

@@ -84,8 +84,19 @@ def build(
         workers=workers or max(1, os.cpu_count() or 1),
         overwrite=overwrite,
     )
-    with logging_redirect_tqdm(), tqdm(unit="video", desc="indexing", dynamic_ncols=True) as bar:
-        summary = build_index(config, progress=lambda file, status: bar.update(1))
+    with logging_redirect_tqdm(), tqdm(
+        unit="video",
+        desc="indexing",
+        dynamic_ncols=True,
+        # rate_noinv keeps "videos/s" even below one video per second.
+        bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_noinv_fmt}]",
+    ) as bar:
+
+        def set_total(count: int) -> None:
+            bar.total = count
+            bar.refresh()
+
+        summary = build_index(config, progress=lambda file, status: bar.update(1), on_discovered=set_total)
     click.echo(f"Indexed {summary.out_dir}: {summary.describe()}")
 
 

@@ -258,3 +258,19 @@ def test_status_column_values_are_known(mixed_index):
     out, _ = mixed_index
     statuses = set(pc.unique(read_manifest(out / "manifest", columns=["status"])["status"]).to_pylist())
     assert statuses <= {s.value for s in VideoStatus}
+
+
+def test_folder_without_videos_raises(tiny_clip_dir, encoder, tmp_path):
+    root = tmp_path / "docs"
+    root.mkdir()
+    (root / "notes.txt").write_text("no videos here")
+    with pytest.raises(NothingIndexedError, match="No video files found"):
+        build_index(_config(root, tmp_path / "index", tiny_clip_dir), encoder=encoder)
+
+
+def test_overwrite_replaces_a_file_at_the_output_path(mixed_folder, tiny_clip_dir, encoder, tmp_path):
+    out = tmp_path / "index"
+    out.write_text("not an index")
+    build_index(_config(mixed_folder, out, tiny_clip_dir, overwrite=True), encoder=encoder)
+    assert (out / "index.json").is_file()
+    assert [p.name for p in tmp_path.iterdir()] == ["index"]
