@@ -16,9 +16,9 @@ import numpy as np
 
 from grdr_core.decode import DecodeConfig, DecodedVideo, DecodePool
 from grdr_core.discovery import VIDEO_EXTENSIONS, VideoFile, discover_videos
-from grdr_core.errors import IndexExistsError, InvalidInputError, NothingIndexedError
+from grdr_core.errors import InvalidInputError, NothingIndexedError
 from grdr_core.features import ClipEncoder, EncoderConfig
-from grdr_core.index import publish, staging_dir_for, write_header
+from grdr_core.index import check_output_path, publish, staging_dir_for, write_header
 from grdr_core.manifest import ManifestWriter
 from grdr_core.quantize import QuantizerConfig
 from grdr_core.semantic_ids import assign_baseline_ids
@@ -82,8 +82,7 @@ def build_index(
     """
     started = time.monotonic()
     out_dir = Path(config.out_dir).resolve()
-    if out_dir.exists() and not config.overwrite:
-        raise IndexExistsError(f"Output directory already exists: {out_dir} (pass --overwrite to replace it)")
+    check_output_path(out_dir, config.overwrite, input_root=config.input_root)
 
     files = discover_videos(config.input_root)
     if not files:

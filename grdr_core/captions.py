@@ -16,7 +16,7 @@ from grdr_core.errors import InvalidInputError
 
 logger = logging.getLogger(__name__)
 
-CAPTION_FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
+CAPTION_FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
 
 
 @dataclass
@@ -25,7 +25,7 @@ class CaptionReport:
 
     rows: int = 0
     used: int = 0
-    unknown_video: int = 0  # video_id not in the index
+    unknown_video: int = 0  # video_id of no indexed video (unknown, ambiguous, or a failed file)
     empty: int = 0  # null, empty or whitespace-only caption (or null embedding)
     duplicate: int = 0  # same video_id and caption (or embedding) as an earlier row
     matched_without_extension: int = 0  # rows whose id matched an indexed id minus its extension
@@ -61,7 +61,8 @@ def read_table(path: Path, required: list[str]) -> pa.Table:
         raise InvalidInputError(f"Caption file not found: {path}")
     kind = CAPTION_FORMATS.get(path.suffix.lower())
     if kind is None:
-        raise InvalidInputError(f"Unsupported caption file type {path.suffix!r} for {path}; use one of {sorted(CAPTION_FORMATS)}")
+        hint = " (a .json file must be converted to JSON Lines: one object per line, named .jsonl)" if path.suffix.lower() == ".json" else ""
+        raise InvalidInputError(f"Unsupported caption file type {path.suffix!r} for {path}; use one of {sorted(CAPTION_FORMATS)}{hint}")
     try:
         if kind == "csv":
             # Keep ids as strings even when they look like numbers.
@@ -174,7 +175,7 @@ def _resolve(video_id: str | None, exact: dict[str, int], stems: dict[str, int],
             report.matched_without_extension += 1
             return stems[video_id]
     report.unknown_video += 1
-    if len(report.unknown_examples) < 3:
+    if len(report.unknown_examples) < 3 and str(video_id) not in report.unknown_examples:
         report.unknown_examples.append(str(video_id))
     return None
 

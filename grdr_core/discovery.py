@@ -66,6 +66,9 @@ def discover_videos(root: str | os.PathLike[str], extensions: frozenset[str] = V
 
     found: list[VideoFile] = []
     for dirpath, dirnames, filenames in os.walk(root_path, onerror=_log_walk_error):
+        for name in dirnames:
+            if os.path.islink(os.path.join(dirpath, name)):
+                logger.info("Skipping %s: symbolic links to folders are not followed", os.path.join(dirpath, name))
         dirnames.sort()
         for name in sorted(filenames):
             if os.path.splitext(name)[1].lower() not in extensions:

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from grdr_core.errors import IndexExistsError, InvalidInputError
-from grdr_core.index import publish, staging_dir_for, write_header
+from grdr_core.errors import InvalidInputError
+from grdr_core.index import check_output_path, publish, staging_dir_for, write_header
 from grdr_core.manifest import ManifestWriter
 from grdr_core.quantize import QuantizerConfig
 from grdr_core.semantic_ids import assign_baseline_ids
@@ -45,8 +45,7 @@ def build_index_from_embeddings(
     index must come from the same encoder as embeddings, since no text tower is stored.
     """
     out_dir = Path(out_dir).resolve()
-    if out_dir.exists() and not overwrite:
-        raise IndexExistsError(f"Output directory already exists: {out_dir} (pass --overwrite to replace it)")
+    check_output_path(out_dir, overwrite)
     if embeddings.ndim != 2 or len(embeddings) != len(video_ids) or len(video_ids) == 0:
         raise InvalidInputError(
             f"Need one embedding row per video id: got {len(video_ids)} ids and embeddings of shape {embeddings.shape}"

@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from grdr_core.errors import IndexExistsError, IndexFormatError
+from grdr_core.errors import IndexExistsError, IndexFormatError, InvalidInputError
 from grdr_core.manifest import read_manifest
 from grdr_core.shards import ShardReader
 from grdr_core.trie import TrieReader
@@ -52,6 +52,29 @@ def write_header(layout: IndexLayout, header: dict[str, Any]) -> None:
     layout.header.write_text(json.dumps(header, indent=2, sort_keys=True) + "\n")
 
 
+def check_output_path(out_dir: Path, overwrite: bool, input_root: Path | None = None) -> None:
+    """Reject an output path whose replacement could destroy data that is not an index.
+
+    ``--overwrite`` replaces only an existing grdr index (a directory with
+    ``index.json``); it never deletes another directory, a file, or the input itself.
+    """
+    out_dir = Path(out_dir).absolute()
+    if input_root is not None:
+        root = Path(input_root).resolve()
+        resolved = out_dir.resolve()
+        if resolved == root or resolved in root.parents:
+            raise InvalidInputError(f"--out {out_dir} is the input folder or contains it; choose another output path")
+    if not (out_dir.exists() or out_dir.is_symlink()):
+        return
+    if not overwrite:
+        raise IndexExistsError(f"Output path already exists: {out_dir} (pass --overwrite to replace an existing grdr index)")
+    if out_dir.is_symlink() or not out_dir.is_dir() or not (out_dir / "index.json").is_file():
+        raise IndexExistsError(
+            f"Output path {out_dir} exists and is not a grdr index (no index.json); "
+            "--overwrite only replaces an index, so remove it yourself or choose another path"
+        )
+
+
 def publish(staging: Path, out_dir: Path, overwrite: bool) -> None:
     """Make a complete staging directory visible as ``out_dir`` with a rename.
 
@@ -59,19 +82,28 @@ def publish(staging: Path, out_dir: Path, overwrite: bool) -> None:
     ``overwrite`` replaces an existing index there is a moment between the two renames
     where ``out_dir`` does not exist.
     """
-    if out_dir.exists() and not overwrite:
-        raise IndexExistsError(f"Output directory already exists: {out_dir} (pass --overwrite to replace it)")
+    check_output_path(out_dir, overwrite)
+    _make_readable(staging)
     previous = None
     if out_dir.exists():
         previous = out_dir.parent / f".{out_dir.name}.old-{uuid.uuid4().hex[:12]}"
         os.rename(out_dir, previous)
     os.rename(staging, out_dir)
     if previous is not None:
-        if previous.is_dir() and not previous.is_symlink():
-            shutil.rmtree(previous)
-        else:
-            previous.unlink()
+        shutil.rmtree(previous)
     logger.info("Published index %s", out_dir)
+
+
+def _make_readable(root: Path) -> None:
+    # Some writers (safetensors) create files with mode 0600; an index is shared data.
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in root.rglob("*"):
+        if path.is_file():
+            path.chmod(0o666 & ~umask)
+        elif path.is_dir():
+            path.chmod(0o777 & ~umask)
+    root.chmod(0o777 & ~umask)
 
 
 @dataclass

@@ -62,6 +62,8 @@ def train_index(
     started = time.monotonic()
     index = open_index(index_dir)
     try:
+        if len(index.shards) < 2:
+            raise InvalidInputError(f"Training needs at least 2 indexed videos; {index.layout.root} has {len(index.shards)}")
         video_ids = np.asarray(index.video_ids.to_pylist(), dtype=object)
         if captions is not None:
             caption_set = match_captions(Path(captions), video_ids)

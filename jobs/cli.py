@@ -208,8 +208,6 @@ def query(index_dir: Path, text: str, k: int, beam: int, max_candidates: int, mo
     """Answer TEXT with generative recall and dense reranking."""
     from grdr_core.searcher import Searcher
 
-    if not text.strip():
-        raise click.BadParameter("the query text is empty", param_hint="TEXT")
     with Searcher(index_dir, model=model, device=device) as searcher:
         _quiet_transformers()
         result = searcher.search(text, k=k, beam=beam, max_candidates=max_candidates)

@@ -187,6 +187,10 @@ def test_existing_output_needs_overwrite(mixed_folder, tiny_clip_dir, encoder, t
         build_index(_config(mixed_folder, out, tiny_clip_dir), encoder=encoder)
     assert (out / "keep.txt").exists()
 
+    (out / "keep.txt").unlink()
+    out.rmdir()
+    build_index(_config(mixed_folder, out, tiny_clip_dir), encoder=encoder)
+    (out / "keep.txt").write_text("x")
     build_index(_config(mixed_folder, out, tiny_clip_dir, overwrite=True), encoder=encoder)
     assert not (out / "keep.txt").exists()
     assert (out / "index.json").exists()
@@ -268,9 +272,30 @@ def test_folder_without_videos_raises(tiny_clip_dir, encoder, tmp_path):
         build_index(_config(root, tmp_path / "index", tiny_clip_dir), encoder=encoder)
 
 
-def test_overwrite_replaces_a_file_at_the_output_path(mixed_folder, tiny_clip_dir, encoder, tmp_path):
-    out = tmp_path / "index"
-    out.write_text("not an index")
-    build_index(_config(mixed_folder, out, tiny_clip_dir, overwrite=True), encoder=encoder)
-    assert (out / "index.json").is_file()
-    assert [p.name for p in tmp_path.iterdir()] == ["index"]
+def test_overwrite_never_deletes_what_is_not_an_index(mixed_folder, tiny_clip_dir, encoder, tmp_path):
+    file_path = tmp_path / "notes.txt"
+    file_path.write_text("not an index")
+    folder = tmp_path / "thesis"
+    folder.mkdir()
+    (folder / "chapter1.tex").write_text("keep me")
+
+    for out in (file_path, folder):
+        with pytest.raises(IndexExistsError, match="not a grdr index"):
+            build_index(_config(mixed_folder, out, tiny_clip_dir, overwrite=True), encoder=encoder)
+    assert file_path.read_text() == "not an index"
+    assert (folder / "chapter1.tex").read_text() == "keep me"
+
+
+def test_output_cannot_be_the_input_or_contain_it(mixed_folder, tiny_clip_dir, encoder):
+    from grdr_core.errors import InvalidInputError
+
+    for out in (mixed_folder, mixed_folder.parent):
+        with pytest.raises(InvalidInputError, match="input folder"):
+            build_index(_config(mixed_folder, out, tiny_clip_dir, overwrite=True), encoder=encoder)
+    assert (mixed_folder / "group0" / "clip0.mp4").is_file()
+
+
+def test_index_files_are_readable_by_others(mixed_index):
+    out, _ = mixed_index
+    for path in out.rglob("*"):
+        assert path.stat().st_mode & 0o044, path

@@ -102,3 +102,10 @@ def test_precomputed_embeddings_with_mixed_dimensions_raise(tmp_path):
     pq.write_table(pa.Table.from_pylist([{"video_id": "007.mp4", "embedding": [1.0, 0.0]}, {"video_id": "007.mp4", "embedding": [1.0]}]), path)
     with pytest.raises(InvalidInputError, match="has 1 values"):
         match_caption_embeddings(path, INDEX_IDS)
+
+
+def test_json_file_gets_a_json_lines_hint(tmp_path):
+    path = tmp_path / "captions.json"
+    path.write_text('{"clip": ["a caption"]}')
+    with pytest.raises(InvalidInputError, match="JSON Lines"):
+        match_captions(path, INDEX_IDS)

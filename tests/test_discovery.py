@@ -79,3 +79,17 @@ def test_empty_file_is_discovered_with_size_zero(tmp_path):
 def test_missing_root_raises(tmp_path):
     with pytest.raises(InvalidInputError, match="not found"):
         discover_videos(tmp_path / "nope")
+
+
+def test_folder_symlinks_are_skipped_with_a_log_line(tmp_path, caplog):
+    _touch(tmp_path / "elsewhere" / "v.mp4")
+    root = tmp_path / "root"
+    _touch(root / "a.mp4")
+    (root / "linked").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    (root / "file_link.mp4").symlink_to(tmp_path / "elsewhere" / "v.mp4")
+
+    with caplog.at_level("INFO", logger="grdr_core.discovery"):
+        ids = [v.video_id for v in discover_videos(root)]
+
+    assert ids == ["a.mp4", "file_link.mp4"]
+    assert any("linked" in r.getMessage() and "not followed" in r.getMessage() for r in caplog.records)
