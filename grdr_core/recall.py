@@ -17,17 +17,12 @@ class DecodedId:
     log_prob: float  # sum over levels of the log-probability renormalised over allowed codes
 
 
-def _log_softmax(x: np.ndarray) -> np.ndarray:
-    shifted = x - x.max()
-    return shifted - np.log(np.exp(shifted).sum())
-
-
 def beam_search(runtime: RetrieverRuntime, trie: TrieReader, queries: np.ndarray, beam: int) -> list[list[DecodedId]]:
     """Decode each of ``(B, D)`` queries into at most ``beam`` semantic IDs that exist in the trie.
 
     At every level a beam may only extend with codes that the trie lists as children of
     its prefix, and the model's probabilities are renormalised over those codes. Returns,
-    per query, the surviving full IDs best first.
+    per query, the surviving full IDs best first (ties broken by beam row, then code).
     """
     if beam < 1:
         raise InvalidInputError(f"beam must be >= 1, got {beam}")
@@ -36,50 +31,56 @@ def beam_search(runtime: RetrieverRuntime, trie: TrieReader, queries: np.ndarray
     queries = np.atleast_2d(np.asarray(queries, dtype=np.float32))
     num_queries = len(queries)
 
-    # One row per live beam: which query it belongs to, its prefix, score and state.
-    owners = np.arange(num_queries)
+    # One row per live beam, grouped by query: rows bounds[q]:bounds[q+1] belong to query q.
+    bounds = np.arange(num_queries + 1)
     prefixes: list[tuple[int, ...]] = [()] * num_queries
     scores = np.zeros(num_queries)
     states = runtime.start(queries)
-    children_cache: dict[tuple[int, ...], np.ndarray] = {}
 
     for level in range(runtime.levels):
-        logits = runtime.logits(level, states)
-        expansions: list[list[tuple[float, int, int]]] = [[] for _ in range(num_queries)]
-        for row, prefix in enumerate(prefixes):
-            allowed = children_cache.get(prefix)
-            if allowed is None:
-                allowed = children_cache[prefix] = trie.children(prefix)
-            if not len(allowed):
-                continue
-            log_probs = _log_softmax(logits[row, allowed])
-            top = np.argsort(-log_probs, kind="stable")[:beam]
-            expansions[owners[row]].extend((scores[row] + log_probs[i], row, int(allowed[i])) for i in top)
+        log_probs = _allowed_log_probs(runtime.logits(level, states), prefixes, trie)
+        totals = scores[:, None] + log_probs  # (rows, K_level), -inf where not allowed
 
-        keep_rows: list[int] = []
-        keep_codes: list[int] = []
-        keep_scores: list[float] = []
-        keep_owners: list[int] = []
-        for query, candidates in enumerate(expansions):
-            candidates.sort(key=lambda item: (-item[0], item[1], item[2]))
-            for score, row, code in candidates[:beam]:
-                keep_rows.append(row)
-                keep_codes.append(code)
-                keep_scores.append(score)
-                keep_owners.append(query)
+        keep_rows: list[np.ndarray] = []
+        keep_codes: list[np.ndarray] = []
+        new_bounds = [0]
+        for query in range(num_queries):
+            block = totals[bounds[query] : bounds[query + 1]]
+            flat = block.ravel()
+            live = np.flatnonzero(flat > -np.inf)
+            if len(live) > beam:
+                live = live[np.argpartition(-flat[live], beam - 1)[:beam]]
+            # Best first; equal scores keep the lower row and code (the flat index order).
+            live = live[np.lexsort((live, -flat[live]))]
+            rows, codes = np.divmod(live, block.shape[1])
+            keep_rows.append(rows + bounds[query])
+            keep_codes.append(codes)
+            new_bounds.append(new_bounds[-1] + len(live))
 
-        rows = np.asarray(keep_rows, dtype=np.int64)
-        codes = np.asarray(keep_codes, dtype=np.int64)
-        prefixes = [prefixes[r] + (c,) for r, c in zip(keep_rows, keep_codes)]
-        scores = np.asarray(keep_scores)
-        owners = np.asarray(keep_owners, dtype=np.int64)
+        rows = np.concatenate(keep_rows)
+        codes = np.concatenate(keep_codes)
+        scores = totals[rows, codes]
+        prefixes = [prefixes[r] + (int(c),) for r, c in zip(rows.tolist(), codes.tolist())]
+        bounds = np.asarray(new_bounds)
         if level + 1 < runtime.levels and len(rows):
             states = runtime.advance(level, states[rows], codes)
 
-    results: list[list[DecodedId]] = [[] for _ in range(num_queries)]
-    for owner, prefix, score in zip(owners, prefixes, scores):
-        results[owner].append(DecodedId(codes=prefix, log_prob=float(score)))
-    return results
+    return [
+        [DecodedId(codes=prefixes[row], log_prob=float(scores[row])) for row in range(bounds[q], bounds[q + 1])]
+        for q in range(num_queries)
+    ]
+
+
+def _allowed_log_probs(logits: np.ndarray, prefixes: list[tuple[int, ...]], trie: TrieReader) -> np.ndarray:
+    """Log-softmax of each row over the codes the trie allows after its prefix; -inf elsewhere."""
+    masked = np.full(logits.shape, -np.inf)
+    for row, prefix in enumerate(prefixes):
+        allowed = trie.children(prefix)
+        masked[row, allowed] = logits[row, allowed]
+    peak = masked.max(axis=1, keepdims=True)
+    peak[~np.isfinite(peak)] = 0.0  # a prefix without children keeps an all -inf row
+    with np.errstate(divide="ignore"):
+        return masked - peak - np.log(np.exp(masked - peak).sum(axis=1, keepdims=True))
 
 
 def candidates_from_ids(trie: TrieReader, decoded: list[DecodedId], max_candidates: int) -> np.ndarray:

@@ -62,7 +62,7 @@ class TrainConfig:
     levels: int = 3
     codes_per_level: int = 128  # shrunk for small corpora by quantize.effective_codes
     view_dim: int | None = None  # None: the video embedding dimension
-    hidden: int = 256  # retriever state size H
+    hidden: int = 128  # retriever state size H; recall cost grows with H^2 per beam step
     epochs_per_level: int = 10
     polish_epochs: int = 5  # retriever-only epochs on the final, frozen IDs
     batch_size: int = 256  # captions per step

@@ -104,15 +104,25 @@ class TrieReader:
             raise IndexFormatError(f"Trie {path} has format version {meta.get('format_version')}, expected {TRIE_FORMAT_VERSION}")
         self.levels: int = meta["levels"]
         self.codebook_sizes: list[int] = meta["codebook_sizes"]
+        # At most 1 + K + ... + K^(L-1) prefixes exist whatever the corpus size, so
+        # caching every lookup stays small and makes repeated beam searches cheap.
+        self._children_cache: dict[tuple[int, ...], np.ndarray] = {}
 
     def close(self) -> None:
         self._env.close()
 
     def children(self, prefix: tuple[int, ...] | list[int]) -> np.ndarray:
         """Return the codes that may follow ``prefix`` (empty when the prefix is unknown)."""
+        prefix = tuple(int(c) for c in prefix)
+        cached = self._children_cache.get(prefix)
+        if cached is not None:
+            return cached
         with self._env.begin(db=self._children, buffers=True) as txn:
             value = txn.get(children_key(prefix))
-            return np.frombuffer(bytes(value), dtype=CODE_DTYPE).astype(np.int64) if value is not None else np.empty(0, np.int64)
+            codes = np.frombuffer(bytes(value), dtype=CODE_DTYPE).astype(np.int64) if value is not None else np.empty(0, np.int64)
+        codes.flags.writeable = False
+        self._children_cache[prefix] = codes
+        return codes
 
     def postings(self, semantic_id: tuple[int, ...] | list[int]) -> np.ndarray:
         """Return the ordinals filed under a full semantic ID (empty when unknown)."""

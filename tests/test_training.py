@@ -24,7 +24,7 @@ from grdr_core.retriever_runtime import RetrieverRuntime
 from grdr_core.testing.synthetic import RecallReport, SyntheticConfig, SyntheticCorpus, evaluate_recall, make_synthetic_corpus
 from grdr_core.training import TrainConfig, TrainedModel, train, train_retriever_for_codes
 
-RECALL_CONFIG = TrainConfig(codes_per_level=16, epochs_per_level=6, polish_epochs=3, batch_size=128, hidden=256)
+RECALL_CONFIG = TrainConfig(codes_per_level=16, epochs_per_level=6, polish_epochs=3, batch_size=128, hidden=128)
 SMALL_CORPUS = SyntheticConfig(num_videos=120, num_concepts=16, seed=3)
 SMALL_CONFIG = TrainConfig(codes_per_level=8, epochs_per_level=2, polish_epochs=1, batch_size=64, hidden=64)
 BEAM = 20
