@@ -44,9 +44,9 @@ from typing import Any
 import psutil
 
 # NOTE: torch, transformers and the grdr_core modules are imported inside functions.
-# DecodePool starts workers from a forkserver, and the forkserver imports the main script
-# (this file) before it forks a worker. A top-level torch import would put torch into every
-# decoder worker and inflate the memory figures, which the grdr-index CLI does not do.
+# multiprocessing imports the main script (this file) into every DecodePool worker, so a
+# top-level torch import would load torch into each decoder worker. That adds about 180 MiB
+# of RSS per worker (torch 2.13, CPU build), which grdr-index build does not pay.
 
 logger = logging.getLogger("build_throughput")
 
@@ -67,11 +67,16 @@ class TreeUsage:
     peak_parent_rss_bytes: int
     max_processes: int  # the process itself included
     tree_cpu_s: float  # user + system CPU seconds of the tree, as last sampled
+    parent_cpu_s: float  # the part of tree_cpu_s used by the process itself
     system_busy_cpu_s: float  # CPU seconds all processes on the machine used (non-idle, non-iowait)
 
     @property
     def other_cpu_share(self) -> float:
-        """Fraction of the machine's CPU capacity that processes outside the tree used."""
+        """Estimated fraction of the machine's CPU capacity that processes outside the tree used.
+
+        Computed as system busy time minus the tree's CPU time, so it also absorbs any
+        error of the sampled tree figure. Treat it as a sign of contention, not an exact share.
+        """
         capacity = self.wall_s * (os.cpu_count() or 1)
         if capacity <= 0:
             return 0.0
@@ -104,11 +109,13 @@ class TreeMonitor:
         self._peak_parent = 0
         self._max_processes = 0
         self._cpu_by_process: dict[tuple[int, float], float] = {}
+        self._parent_key = (self._process.pid, self._process.create_time())
 
     def __enter__(self) -> TreeMonitor:
         self._started = time.perf_counter()
         self._busy_at_start = _busy_cpu_seconds()
         self._cpu_at_start = self._tree_cpu_now()
+        self._parent_cpu_at_start = self._cpu_by_process.get(self._parent_key, 0.0)
         self._sample()
         self._thread.start()
         return self
@@ -123,6 +130,7 @@ class TreeMonitor:
             peak_parent_rss_bytes=self._peak_parent,
             max_processes=self._max_processes,
             tree_cpu_s=sum(self._cpu_by_process.values()) - self._cpu_at_start,
+            parent_cpu_s=self._cpu_by_process.get(self._parent_key, 0.0) - self._parent_cpu_at_start,
             system_busy_cpu_s=_busy_cpu_seconds() - self._busy_at_start,
         )
 
@@ -319,6 +327,7 @@ class StageClock:
 
     def __init__(self) -> None:
         self.seconds: defaultdict[str, float] = defaultdict(float)
+        self.encoded_frames = 0  # frames passed to encode_videos, retries of a failed batch included
 
     def wrap(self, stage: str, function: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(function)
@@ -418,7 +427,13 @@ def instrument_build(clock: StageClock, encoder: Any) -> Iterator[list[str]]:
     with contextlib.ExitStack() as stack:
         for name, replacement in replacements.items():
             stack.enter_context(mock.patch.object(build, name, replacement))
-        stack.enter_context(mock.patch.object(encoder, "encode_videos", clock.wrap("encode", encoder.encode_videos)))
+        timed_encode = clock.wrap("encode", encoder.encode_videos)
+
+        def encode_and_count(videos: Any) -> Any:
+            clock.encoded_frames += sum(len(video) for video in videos)
+            return timed_encode(videos)
+
+        stack.enter_context(mock.patch.object(encoder, "encode_videos", encode_and_count))
         yield missing
 
 
@@ -461,6 +476,7 @@ def run_child_build(spec: dict[str, Any]) -> dict[str, Any]:
         "videos_per_s": summary.discovered / usage.wall_s,
         "encoder_load_s": load_s,
         "parent_ru_maxrss_bytes": ru_maxrss_bytes,
+        "encoded_frames": clock.encoded_frames,
         "stages_s": stages,
         "stages_not_instrumented": uninstrumented,
         "usage": usage.to_json(),
@@ -476,7 +492,9 @@ def measure_build(spec: dict[str, Any], temp_dir: Path) -> dict[str, Any]:
 
     completed = subprocess.run([sys.executable, os.path.abspath(__file__), "--child-spec", str(spec_path)], check=False)
     if completed.returncode != 0 or not result_path.exists():
-        raise RuntimeError(f"The build child process failed with exit code {completed.returncode} for {spec['input_root']}")
+        raise RuntimeError(
+            f"The build child process failed with exit code {completed.returncode} for {spec['input_root']}; its error output is above"
+        )
     return json.loads(result_path.read_text())
 
 
@@ -513,7 +531,8 @@ def format_report(results: dict[str, Any]) -> str:
         f"settings: {settings['workers']} decoder workers, {settings['num_frames']} frames per video, "
         f"short side {settings['short_side']} px, batch {settings['batch_size']} frames, device {settings['device']}",
         "",
-        f"{'measurement':<34} {'videos':>6} {'frames':>7} {'seconds':>8} {'videos/s':>9} {'frames/s':>9} {'other CPU':>9}",
+        f"{'measurement':<34} {'videos':>6} {'frames':>7} {'seconds':>8} {'videos/s':>9} {'frames/s':>9} "
+        f"{'CPU s/video':>11} {'other CPU':>9}",
     ]
     for label, figures in (
         ("decode, first pass (worker start)", decode["first_pass"]),
@@ -522,22 +541,25 @@ def format_report(results: dict[str, Any]) -> str:
     ):
         lines.append(
             f"{label:<34} {figures['videos']:>6} {figures['frames']:>7} {figures['seconds']:>8.2f} "
-            f"{figures['videos_per_s']:>9.3f} {figures['frames_per_s']:>9.2f} {figures['usage']['other_cpu_share']:>9.0%}"
+            f"{figures['videos_per_s']:>9.3f} {figures['frames_per_s']:>9.2f} "
+            f"{figures['usage']['tree_cpu_s'] / figures['videos']:>11.2f} {figures['usage']['other_cpu_share']:>9.0%}"
         )
     lines.append(f"implied serial build rate: {results['implied_videos_per_s']:.3f} videos/s")
     lines.append("")
 
     lines.append(
         f"{'build':<7} {'videos':>6} {'seconds':>8} {'videos/s':>9} {'/implied':>8} {'peak tree RSS':>14} "
-        f"{'peak parent RSS':>16} {'ru_maxrss':>10} {'procs':>5} {'other CPU':>9}"
+        f"{'peak parent RSS':>16} {'ru_maxrss':>10} {'procs':>5} {'CPU s/video':>11} {'parent CPU s/frame':>18} {'other CPU':>9}"
     )
     for build in results["builds"]:
         usage = build["usage"]
+        parent_cpu_per_frame = usage["parent_cpu_s"] / build["encoded_frames"] if build["encoded_frames"] else 0.0
         lines.append(
             f"{str(build['copies']) + 'x':<7} {build['videos']:>6} {build['seconds']:>8.1f} {build['videos_per_s']:>9.3f} "
             f"{build['ratio_to_implied']:>8.2f} {usage['peak_tree_rss_bytes'] / MIB:>10.0f} MiB "
             f"{usage['peak_parent_rss_bytes'] / MIB:>12.0f} MiB {build['parent_ru_maxrss_bytes'] / MIB:>6.0f} MiB "
-            f"{usage['max_processes']:>5} {usage['other_cpu_share']:>9.0%}"
+            f"{usage['max_processes']:>5} {usage['tree_cpu_s'] / build['videos']:>11.2f} {parent_cpu_per_frame:>18.3f} "
+            f"{usage['other_cpu_share']:>9.0%}"
         )
     lines.append("")
 
