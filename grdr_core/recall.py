@@ -73,10 +73,11 @@ def beam_search(runtime: RetrieverRuntime, trie: TrieReader, queries: np.ndarray
 
 def _allowed_log_probs(logits: np.ndarray, prefixes: list[tuple[int, ...]], trie: TrieReader) -> np.ndarray:
     """Log-softmax of each row over the codes the trie allows after its prefix; -inf elsewhere."""
+    children = [trie.children(prefix) for prefix in prefixes]
+    rows = np.repeat(np.arange(len(children)), [len(codes) for codes in children])
+    codes = np.concatenate(children) if children else np.empty(0, np.int64)
     masked = np.full(logits.shape, -np.inf)
-    for row, prefix in enumerate(prefixes):
-        allowed = trie.children(prefix)
-        masked[row, allowed] = logits[row, allowed]
+    masked[rows, codes] = logits[rows, codes]
     peak = masked.max(axis=1, keepdims=True)
     peak[~np.isfinite(peak)] = 0.0  # a prefix without children keeps an all -inf row
     with np.errstate(divide="ignore"):
@@ -89,7 +90,9 @@ def candidates_from_ids(trie: TrieReader, decoded: list[DecodedId], max_candidat
         raise InvalidInputError(f"max_candidates must be >= 1, got {max_candidates}")
     seen: dict[int, None] = {}
     for semantic_id in decoded:
-        for ordinal in trie.postings(semantic_id.codes).tolist():
+        # A posting list has no duplicates, so its first max_candidates ordinals include all
+        # that the cap can still admit; reading only those keeps huge lists cheap.
+        for ordinal in trie.postings(semantic_id.codes, limit=max_candidates).tolist():
             seen.setdefault(ordinal, None)
             if len(seen) >= max_candidates:
                 return np.fromiter(seen, dtype=np.int64, count=len(seen))

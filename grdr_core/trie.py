@@ -113,7 +113,9 @@ class TrieReader:
 
     def children(self, prefix: tuple[int, ...] | list[int]) -> np.ndarray:
         """Return the codes that may follow ``prefix`` (empty when the prefix is unknown)."""
-        prefix = tuple(int(c) for c in prefix)
+        # Beam search passes tuples of ints; converting those again costs more than the lookup.
+        if type(prefix) is not tuple:
+            prefix = tuple(int(c) for c in prefix)
         cached = self._children_cache.get(prefix)
         if cached is not None:
             return cached
@@ -124,11 +126,18 @@ class TrieReader:
         self._children_cache[prefix] = codes
         return codes
 
-    def postings(self, semantic_id: tuple[int, ...] | list[int]) -> np.ndarray:
-        """Return the ordinals filed under a full semantic ID (empty when unknown)."""
+    def postings(self, semantic_id: tuple[int, ...] | list[int], limit: int | None = None) -> np.ndarray:
+        """Return the ordinals filed under a full semantic ID (empty when unknown), ascending.
+
+        With ``limit``, return only the first ``limit`` of them; only those are copied out
+        of the memory map, which matters for lists of many thousand videos.
+        """
         with self._env.begin(db=self._postings, buffers=True) as txn:
             value = txn.get(pack_codes(semantic_id))
-            return np.frombuffer(bytes(value), dtype=ORDINAL_DTYPE).astype(np.int64) if value is not None else np.empty(0, np.int64)
+            if value is None:
+                return np.empty(0, np.int64)
+            # astype copies, so the result does not point into the map after the transaction ends.
+            return np.frombuffer(value, dtype=ORDINAL_DTYPE)[:limit].astype(np.int64)
 
     def stats(self) -> TrieStats:
         """Return statistics over all postings, reading the whole postings database."""
