@@ -2,20 +2,23 @@
 
 For each corpus size the script:
 
-1. generates a synthetic corpus with known structure, block by block in NumPy: concepts
-   are random unit vectors, each video mixes a few concepts plus a private unit vector,
-   and each caption names one concept of its video plus, at a smaller weight, the
-   video's private vector (the model of ``grdr_core.testing.synthetic``, with its
-   default noise and weights, generated in blocks so that a million videos fit in memory);
-2. publishes an index of the video embeddings with ``build_index_from_embeddings``;
+1. generates a synthetic corpus with known structure, block by block in NumPy. Concepts
+   are random unit vectors, and each video mixes a few concepts plus a private unit
+   vector. Each caption names one concept of its video plus, at a smaller weight, the
+   video's private vector. This is the model of ``grdr_core.testing.synthetic`` with its
+   default noise and weights, generated in blocks so that a million videos fit in memory.
+2. publishes an index of the video embeddings with ``build_index_from_embeddings``.
 3. trains the multi-view tokenizer and retriever on the captions of a sample of the
    videos, assigns semantic IDs to every video, and republishes the index with the new
-   trie, model and header, the way ``grdr-index train`` does;
-4. measures, in a child process limited to one CPU core and one thread per library:
-   the time to open the index with ``Searcher`` and the RSS after opening; per query,
-   single-query calls to ``Searcher.search_embeddings`` (recall and rerank time as the
-   searcher reports them) and ``exact_dense_search`` over the same shard store; and the
-   candidate pool size, the candidate hit rate and recall@10 on held-out captions.
+   trie, model and header, the way ``grdr-index train`` does.
+4. measures in a child process pinned to one CPU core, with one thread per math library.
+   It times opening the index with ``Searcher`` and reads the memory after opening. Per
+   held-out caption it times a single-query call to ``Searcher.search_embeddings``
+   (recall and rerank time as the searcher reports them) and to ``exact_dense_search``
+   over the same shard store. It reports the candidate pool size, the candidate hit rate
+   and recall@10. It also times one batched call for all queries and exact search against
+   a float32 copy of the store in memory, and it records how much of the core other
+   processes used.
 
 Example::
 
@@ -48,8 +51,8 @@ import numpy as np
 logger = logging.getLogger("recall_speed")
 
 MEASURE_COMMAND = "measure"
-# Variables read by OpenMP, OpenBLAS, MKL, BLIS, Apple Accelerate and numexpr; each must
-# be set before the library loads, so the child process gets them in its environment.
+# Thread-count variables of OpenMP, OpenBLAS, MKL, BLIS, Apple Accelerate and numexpr.
+# Each library reads its variable when it loads, so the child process gets them in its environment.
 SINGLE_THREAD_ENV = {
     name: "1"
     for name in (
@@ -70,7 +73,7 @@ MIB = 1024 * 1024
 
 @dataclass(frozen=True)
 class CorpusSpec:
-    """Parameters of the generated corpus; the noise and weight defaults are those of ``SyntheticConfig``."""
+    """Parameters of the generated corpus. The noise and weight values come from ``SyntheticConfig``'s defaults."""
 
     num_videos: int
     dim: int
@@ -101,7 +104,7 @@ def generate_corpus(spec: CorpusSpec, sample_size: int, num_queries: int) -> Cor
     """Generate videos, training captions for the first ``sample_size`` videos and held-out captions.
 
     Held-out captions describe ``num_queries`` distinct videos drawn uniformly from the
-    whole corpus; each names one concept of its video, drawn at random, with fresh noise.
+    whole corpus. Each names one concept of its video, drawn at random, with fresh noise.
     Videos are independent and identically distributed, so the first ``sample_size``
     videos are a uniform sample.
     """
@@ -114,12 +117,12 @@ def generate_corpus(spec: CorpusSpec, sample_size: int, num_queries: int) -> Cor
     embeddings = np.empty((spec.num_videos, spec.dim), dtype=np.float32)
     kept_identities: dict[int, np.ndarray] = {}
     kept_concepts: dict[int, np.ndarray] = {}
-    wanted = set(query_ordinals.tolist()) | set(range(sample_size))
+    kept_ordinals = set(query_ordinals.tolist()) | set(range(sample_size))
     for block, start in enumerate(range(0, spec.num_videos, GENERATION_BLOCK)):
         stop = min(start + GENERATION_BLOCK, spec.num_videos)
         block_rng = np.random.default_rng([spec.seed, 1, block])
-        # Whole blocks are generated and the last one cut, so a smaller corpus is a prefix
-        # of a larger one and all sizes share the training sample and the trained model.
+        # Whole blocks are generated and the last one cut, so a smaller corpus is a prefix of
+        # a larger one. Corpora of at least sample_size videos share the training sample.
         count = GENERATION_BLOCK
         identities = _unit_rows(block_rng.normal(size=(count, spec.dim)))
         # A uniform random subset of concepts per video, without a Python loop over videos.
@@ -133,7 +136,7 @@ def generate_corpus(spec: CorpusSpec, sample_size: int, num_queries: int) -> Cor
         noise = spec.video_noise * block_rng.normal(size=(count, spec.dim)).astype(np.float32) / np.sqrt(spec.dim)
         embeddings[start:stop] = _unit_rows(_unit_rows(mixtures) + spec.identity_weight * identities + noise)[: stop - start]
         for ordinal in range(start, stop):
-            if ordinal in wanted:
+            if ordinal in kept_ordinals:
                 kept_identities[ordinal] = identities[ordinal - start]
                 kept_concepts[ordinal] = video_concepts[ordinal - start]
 
@@ -225,9 +228,9 @@ def publish_trained_index(index_dir: Path, trained: Any, codes: np.ndarray, stat
 def load_or_train(model_dir: Path, settings: dict[str, Any], sample: np.ndarray, corpus: Corpus, config: Any) -> tuple[Any, float | None]:
     """Return the model saved in ``model_dir`` for the same ``settings``, or train and save one.
 
-    Every corpus size shares the same training sample (see ``generate_corpus``), so one
-    model serves all sizes and later runs. Returns the model and the training seconds,
-    None when the model was loaded.
+    Corpora of at least ``--train-videos`` videos share one training sample (see
+    ``generate_corpus``), so one model serves them all and later runs. Returns the model
+    and the training seconds, None when the model was loaded.
     """
     from grdr_core.training import TrainedModel, train
 
@@ -246,7 +249,7 @@ def load_or_train(model_dir: Path, settings: dict[str, Any], sample: np.ndarray,
 
 
 def prepare(size: int, args: argparse.Namespace, size_dir: Path) -> dict[str, Any]:
-    """Generate the corpus, build, train and republish the index; save the held-out queries."""
+    """Generate the corpus, build, train and republish the index, and save the held-out queries."""
     import torch
 
     from grdr_core.embedding_index import build_index_from_embeddings
@@ -376,7 +379,7 @@ def _exact_in_memory_ms(shards: Any, queries: np.ndarray, k: int) -> dict[str, f
 
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:
-    """Open the index and time single-query recall + rerank and exact dense search; runs in the child."""
+    """Open the index and time single-query recall + rerank and exact dense search (in the child process)."""
     import psutil
 
     process = psutil.Process()
@@ -391,7 +394,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     queries, truth, in_sample = data["queries"], data["truth"], data["in_sample"]
 
     # On Linux ``shared`` counts resident file-backed pages, here mostly the memory-mapped
-    # shards and trie, which the page cache can drop; RSS minus shared is private memory.
+    # shards and trie, which the kernel can drop. RSS minus shared is private memory.
     before = process.memory_info()
     started = time.perf_counter()
     searcher = Searcher(args.index_dir)
@@ -409,7 +412,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         import cProfile
 
         profiler = cProfile.Profile()
-    # Wall times are what a caller waits; CPU times (time.process_time) leave out the time
+    # Wall time is what a caller waits. CPU time (time.process_time) leaves out the time
     # that other processes on a shared machine hold the core.
     recall_ms, rerank_ms, total_ms, total_cpu_ms, pool_sizes, grdr_hits = [], [], [], [], [], []
     for query, video in zip(queries, truth):
@@ -607,11 +610,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000], help="Corpus sizes in videos.")
     parser.add_argument("--dim", type=int, default=512, help="Embedding dimension (512: CLIP ViT-B/32).")
     parser.add_argument("--queries", type=int, default=200, help="Held-out captions measured per corpus, one per video.")
+
     parser.add_argument("--k", type=int, default=10, help="Results per query; recall@k is reported for this k.")
     parser.add_argument("--beam", type=int, default=20, help="Beam width of the constrained decoding.")
     parser.add_argument("--max-candidates", type=int, default=300, help="Cap on the candidate pool that is reranked.")
     parser.add_argument("--warmup", type=int, default=5, help="Untimed queries before the timed ones.")
     parser.add_argument("--exact-timing-queries", type=int, default=50, help="Queries timed one at a time with exact dense search (recall@k of exact search uses all queries).")
+
     parser.add_argument("--concepts", type=int, default=512, help="Concepts in the synthetic corpus.")
     parser.add_argument("--concepts-per-video", type=int, default=3, help="Concepts mixed into each video; each gets one training caption.")
     parser.add_argument(
@@ -628,6 +633,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--epochs", type=int, default=2, help="Training epochs per level.")
     parser.add_argument("--polish-epochs", type=int, default=1, help="Retriever-only epochs on the final IDs.")
     parser.add_argument("--seed", type=int, default=0, help="Seed of the corpus and the training.")
+
     parser.add_argument("--cpu", type=int, default=0, help="The CPU core the measuring process is pinned to.")
     parser.add_argument("--workdir", type=Path, default=Path("bench-out/recall_speed"), help="Folder for the generated indexes (about 1.1 GB per million videos at dim 512).")
     parser.add_argument("--reuse", action="store_true", help="Measure indexes already prepared in --workdir instead of building them again.")
@@ -647,7 +653,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     args = parse_args(argv)
     if args.cpu not in os.sched_getaffinity(0):
-        raise SystemExit(f"--cpu {args.cpu} is not available to this process; available: {sorted(os.sched_getaffinity(0))}")
+        raise SystemExit(f"--cpu {args.cpu} is not in this process's CPU set {sorted(os.sched_getaffinity(0))}; pass one of those")
     rows = []
     for size in args.sizes:
         size_dir = (args.workdir / f"videos-{size}").resolve()

@@ -168,3 +168,11 @@ def test_trie_bytes_are_reproducible(tmp_path):
 def test_trie_missing_file_raises(tmp_path):
     with pytest.raises(IndexFormatError, match="not found"):
         TrieReader(tmp_path / "missing.lmdb")
+
+
+def test_trie_postings_limit_returns_prefix(tmp_path):
+    codes = np.zeros((10, 1, 2), dtype=np.uint16)
+    write_trie(tmp_path / "trie.lmdb", codes, [1, 1])
+    trie = TrieReader(tmp_path / "trie.lmdb")
+    assert trie.postings((0, 0), limit=3).tolist() == [0, 1, 2]
+    assert trie.postings((0, 0)).tolist() == list(range(10))
