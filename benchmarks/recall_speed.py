@@ -164,65 +164,32 @@ def generate_corpus(spec: CorpusSpec, sample_size: int, num_queries: int) -> Cor
 # --- index preparation ------------------------------------------------------------------
 
 
-def _link_files(source: Path, target: Path) -> None:
-    """Recreate the files under ``source`` below ``target`` as hard links, copying where linking fails."""
-    for path in sorted(source.rglob("*")):
-        destination = target / path.relative_to(source)
-        if path.is_dir():
-            destination.mkdir(parents=True, exist_ok=True)
-            continue
-        destination.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            os.link(path, destination)
-        except OSError:
-            shutil.copy2(path, destination)
-
-
 def publish_trained_index(index_dir: Path, trained: Any, codes: np.ndarray, stats: dict[str, Any]) -> dict[str, float]:
-    """Republish ``index_dir`` with the trie of ``codes`` and the trained model, as ``grdr-index train`` does.
+    """Republish ``index_dir`` with the trained model through ``grdr-index train``'s own code.
 
-    The manifest and shards of the current version are hard-linked into the new one.
     Returns the seconds spent writing the trie and the whole republish.
     """
-    from grdr_core.index import open_index, publish, staging_dir_for, write_header
-    from grdr_core.trie import write_trie
-    from grdr_schemas.index import IndexLayout
+    import grdr_core.train_index as train_index
+    from grdr_core.index import open_index
+
+    trie_seconds = 0.0
+    write_trie = train_index.write_trie
+
+    def timed_write_trie(*args: Any, **kwargs: Any) -> None:
+        nonlocal trie_seconds
+        started = time.perf_counter()
+        write_trie(*args, **kwargs)
+        trie_seconds += time.perf_counter() - started
 
     started = time.perf_counter()
     index = open_index(index_dir)
+    train_index.write_trie = timed_write_trie
     try:
-        old = index.layout
-        staging = staging_dir_for(old.root.resolve())
-        layout = IndexLayout(staging)
-        try:
-            _link_files(old.manifest_dir, layout.manifest_dir)
-            _link_files(old.shards_dir, layout.shards_dir)
-            trie_started = time.perf_counter()
-            write_trie(layout.trie, codes, trained.codebook_sizes)
-            trie_s = time.perf_counter() - trie_started
-            trained.save(layout.model_dir)
-            header = {k: v for k, v in index.header.items() if k not in ("files", "format_version")}
-            header["tokenizer"] = {
-                "name": trained.name,
-                "views": trained.views,
-                "levels": trained.levels,
-                "codebook_sizes": trained.codebook_sizes,
-                "seed": trained.config.seed,
-                "retriever": True,
-                "cotrain": trained.config.cotrain,
-                "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                "captions": "synthetic captions from benchmarks/recall_speed.py",
-                "caption_report": None,
-                "id_statistics": stats,
-            }
-            write_header(layout, header)
-            publish(staging, old.root.resolve(), overwrite=True)
-        finally:
-            if staging.exists():
-                shutil.rmtree(staging)
+        train_index.publish_trained(index, trained, codes, stats, None, "synthetic captions from benchmarks/recall_speed.py")
     finally:
+        train_index.write_trie = write_trie
         index.close()
-    return {"write_trie": trie_s, "republish": time.perf_counter() - started}
+    return {"write_trie": trie_seconds, "republish": time.perf_counter() - started}
 
 
 def load_or_train(model_dir: Path, settings: dict[str, Any], sample: np.ndarray, corpus: Corpus, config: Any) -> tuple[Any, float | None]:

@@ -83,7 +83,8 @@ def train_index(
         codes = trained.assign(videos)
         stats = id_statistics(codes, trained.codebook_sizes)
         summary = TrainSummary(Path(index_dir), caption_set.report, stats, 0.0)
-        _publish_trained(index, trained, codes, stats, caption_set.report, captions or caption_embeddings)
+        source = Path(captions or caption_embeddings).resolve()
+        publish_trained(index, trained, codes, stats, caption_set.report, str(source))
     finally:
         index.close()
     summary.seconds = time.monotonic() - started
@@ -113,9 +114,19 @@ def _link_tree(source: Path, target: Path) -> None:
             shutil.copy2(path, destination)
 
 
-def _publish_trained(
-    index: Index, trained: TrainedModel, codes: np.ndarray, stats: dict[str, Any], report: CaptionReport, source: Path | None
+def publish_trained(
+    index: Index,
+    trained: TrainedModel,
+    codes: np.ndarray,
+    stats: dict[str, Any],
+    report: CaptionReport | None,
+    source: str | None,
 ) -> None:
+    """Republish ``index`` with the trie of ``codes`` and the trained model.
+
+    The manifest and shards of the current version are hard-linked into the new one.
+    ``source`` describes where the training captions came from, for ``index.json``.
+    """
     old = index.layout
     staging = staging_dir_for(old.root.resolve())
     layout = IndexLayout(staging)
@@ -135,8 +146,8 @@ def _publish_trained(
             "retriever": True,
             "cotrain": trained.config.cotrain,
             "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "captions": str(Path(source).resolve()) if source else None,
-            "caption_report": asdict(report),
+            "captions": source,
+            "caption_report": asdict(report) if report is not None else None,
             "id_statistics": stats,
         }
         write_header(layout, header)
