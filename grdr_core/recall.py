@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from contextlib import closing
 from dataclasses import dataclass
 
 import numpy as np
 
 from grdr_core.errors import InvalidInputError
 from grdr_core.retriever_runtime import RetrieverRuntime
-from grdr_core.trie import TrieReader
+from grdr_core.trie import PrefixTable, TrieReader, pack_codes
 
 
 @dataclass(frozen=True)
@@ -30,70 +31,103 @@ def beam_search(runtime: RetrieverRuntime, trie: TrieReader, queries: np.ndarray
         raise InvalidInputError(f"The trie has {trie.levels} levels but the retriever decodes {runtime.levels}")
     queries = np.atleast_2d(np.asarray(queries, dtype=np.float32))
     num_queries = len(queries)
+    table = trie.prefix_table()
+    if len(table.codes) == 0:
+        return [[] for _ in range(num_queries)]
 
-    # One row per live beam, grouped by query: rows bounds[q]:bounds[q+1] belong to query q.
+    # One row per live beam, grouped by query: rows bounds[q]:bounds[q+1] belong to query
+    # q. A row is a trie node (its prefix), the prefix's codes and its summed log-prob.
     bounds = np.arange(num_queries + 1)
-    prefixes: list[tuple[int, ...]] = [()] * num_queries
+    nodes = np.zeros(num_queries, dtype=np.int64)
+    paths = np.zeros((num_queries, 0), dtype=np.int64)
     scores = np.zeros(num_queries)
     states = runtime.start(queries)
 
     for level in range(runtime.levels):
-        log_probs = _allowed_log_probs(runtime.logits(level, states), prefixes, trie)
-        totals = scores[:, None] + log_probs  # (rows, K_level), -inf where not allowed
+        step = _expand(runtime.logits(level, states), nodes, scores, table)
+        # The candidates of row r are contiguous and rows are grouped by query, so
+        # query q's candidates lie between the first candidates of its bounding rows.
+        selected = [_top(step.totals, a, b, beam) for a, b in zip(step.row_start[bounds[:-1]], step.row_start[bounds[1:]])]
+        bounds = np.concatenate(([0], np.cumsum([len(s) for s in selected])))
+        chosen = np.concatenate(selected)
 
-        keep_rows: list[np.ndarray] = []
-        keep_codes: list[np.ndarray] = []
-        new_bounds = [0]
-        for query in range(num_queries):
-            block = totals[bounds[query] : bounds[query + 1]]
-            flat = block.ravel()
-            live = np.flatnonzero(flat > -np.inf)
-            if len(live) > beam:
-                live = live[np.argpartition(-flat[live], beam - 1)[:beam]]
-            # Best first; equal scores keep the lower row and code (the flat index order).
-            live = live[np.lexsort((live, -flat[live]))]
-            rows, codes = np.divmod(live, block.shape[1])
-            keep_rows.append(rows + bounds[query])
-            keep_codes.append(codes)
-            new_bounds.append(new_bounds[-1] + len(live))
-
-        rows = np.concatenate(keep_rows)
-        codes = np.concatenate(keep_codes)
-        scores = totals[rows, codes]
-        prefixes = [prefixes[r] + (int(c),) for r, c in zip(rows.tolist(), codes.tolist())]
-        bounds = np.asarray(new_bounds)
-        if level + 1 < runtime.levels and len(rows):
+        rows = step.rows[chosen]
+        codes = table.codes[step.entries[chosen]]
+        nodes = step.entries[chosen] + 1
+        scores = step.totals[chosen]
+        paths = np.column_stack((paths[rows], codes))
+        if level + 1 < runtime.levels:
             states = runtime.advance(level, states[rows], codes)
 
+    decoded_paths = [tuple(p) for p in paths.tolist()]
+    scores_list = scores.tolist()
     return [
-        [DecodedId(codes=prefixes[row], log_prob=float(scores[row])) for row in range(bounds[q], bounds[q + 1])]
+        [DecodedId(codes=decoded_paths[row], log_prob=scores_list[row]) for row in range(bounds[q], bounds[q + 1])]
         for q in range(num_queries)
     ]
 
 
-def _allowed_log_probs(logits: np.ndarray, prefixes: list[tuple[int, ...]], trie: TrieReader) -> np.ndarray:
-    """Log-softmax of each row over the codes the trie allows after its prefix; -inf elsewhere."""
-    children = [trie.children(prefix) for prefix in prefixes]
-    rows = np.repeat(np.arange(len(children)), [len(codes) for codes in children])
-    codes = np.concatenate(children) if children else np.empty(0, np.int64)
-    masked = np.full(logits.shape, -np.inf)
-    masked[rows, codes] = logits[rows, codes]
-    peak = masked.max(axis=1, keepdims=True)
-    peak[~np.isfinite(peak)] = 0.0  # a prefix without children keeps an all -inf row
-    with np.errstate(divide="ignore"):
-        return masked - peak - np.log(np.exp(masked - peak).sum(axis=1, keepdims=True))
+@dataclass(frozen=True)
+class _Expansion:
+    entries: np.ndarray  # (C,) position in the prefix table of each candidate's code
+    rows: np.ndarray  # (C,) beam row each candidate extends
+    row_start: np.ndarray  # (R + 1,) first candidate of each row, then C
+    totals: np.ndarray  # (C,) float64, row score + renormalised log-prob of the code
+
+
+def _expand(logits: np.ndarray, nodes: np.ndarray, scores: np.ndarray, table: PrefixTable) -> _Expansion:
+    """List every allowed (row, code) extension, row by row in code order, with its score.
+
+    The log-softmax runs over the codes the trie allows after each row's prefix only.
+    """
+    counts = table.child_count[nodes]
+    row_start = np.concatenate(([0], np.cumsum(counts)))
+    rows = np.repeat(np.arange(len(nodes)), counts)
+    entries = np.arange(row_start[-1]) + (table.first_child[nodes] - row_start[:-1])[rows]
+    allowed = logits[rows, table.codes[entries]].astype(np.float64)
+    # Every trie node has at least one child, so no row's segment is empty.
+    peak = np.maximum.reduceat(allowed, row_start[:-1])
+    shifted = allowed - peak[rows]
+    log_norm = np.log(np.add.reduceat(np.exp(shifted), row_start[:-1]))
+    return _Expansion(entries, rows, row_start, scores[rows] + shifted - log_norm[rows])
+
+
+def _top(totals: np.ndarray, start: int, stop: int, beam: int) -> np.ndarray:
+    """Return the positions of the ``beam`` best totals in ``[start, stop)``, best first.
+
+    Equal totals keep the earlier position, which is the lower row, then the lower code.
+    """
+    block = totals[start:stop]
+    picked = np.arange(len(block)) if len(block) <= beam else np.argpartition(-block, beam - 1)[:beam]
+    picked = picked[np.lexsort((picked, -block[picked]))]
+    return picked + start
 
 
 def candidates_from_ids(trie: TrieReader, decoded: list[DecodedId], max_candidates: int) -> np.ndarray:
     """Union the posting lists of ``decoded`` IDs in beam order, without duplicates, capped."""
     if max_candidates < 1:
         raise InvalidInputError(f"max_candidates must be >= 1, got {max_candidates}")
-    seen: dict[int, None] = {}
-    for semantic_id in decoded:
-        # A posting list has no duplicates, so its first max_candidates ordinals include all
-        # that the cap can still admit; reading only those keeps huge lists cheap.
-        for ordinal in trie.postings(semantic_id.codes, limit=max_candidates).tolist():
-            seen.setdefault(ordinal, None)
-            if len(seen) >= max_candidates:
-                return np.fromiter(seen, dtype=np.int64, count=len(seen))
-    return np.fromiter(seen, dtype=np.int64, count=len(seen))
+    pool = np.empty(0, np.int64)
+    pending: list[np.ndarray] = []
+    pending_count = 0
+    # A posting list has no duplicates, so its first max_candidates ordinals include all
+    # that the cap can still admit. Duplicates are removed only once the lists read so
+    # far could fill the pool, which in a large corpus is often after the first list.
+    with closing(trie.iter_postings((pack_codes(d.codes) for d in decoded), limit=max_candidates)) as lists:
+        for ordinals in lists:
+            pending.append(ordinals)
+            pending_count += len(ordinals)
+            if len(pool) + pending_count >= max_candidates:
+                pool = _first_occurrences(np.concatenate([pool, *pending]))
+                pending, pending_count = [], 0
+                if len(pool) >= max_candidates:
+                    break
+    if pending:
+        pool = _first_occurrences(np.concatenate([pool, *pending]))
+    return pool[:max_candidates]
+
+
+def _first_occurrences(ordinals: np.ndarray) -> np.ndarray:
+    """Drop repeated ordinals, keeping each one's first position."""
+    _, first = np.unique(ordinals, return_index=True)
+    return ordinals[np.sort(first)]

@@ -52,14 +52,15 @@ class RetrieverRuntime:
         # Products folded once so that a beam step costs O(H^2 + H K) instead of O(H d):
         # cos(W_out h, c) = h^T (W_out^T c_unit) / sqrt(h^T W_out^T W_out h), and the code
         # input W_e c of every code is a (K, H) lookup table.
-        self._code_scores = []  # per level (H, K_l): W_out^T times the unit codebook
-        self._output_gram = []  # per level (H, H): W_out^T W_out
+        # Both products that logits need come from one matrix product per level.
+        self._logit_weights = []  # per level (H, K_l + H): [W_out^T unit codebook^T | W_out^T W_out]
         self._code_inputs = []  # per level (K_l, H): W_e applied to every code
         for level, codebook in enumerate(self.codebooks):
             w_out = np.asarray(self.w_out[level], dtype=np.float64)
             unit = _normalize_rows(np.asarray(codebook, dtype=np.float64))
-            self._code_scores.append(np.ascontiguousarray(w_out.T @ unit.T, dtype=np.float32))
-            self._output_gram.append(np.ascontiguousarray(w_out.T @ w_out, dtype=np.float32))
+            code_scores = w_out.T @ unit.T
+            output_gram = w_out.T @ w_out
+            self._logit_weights.append(np.ascontiguousarray(np.hstack((code_scores, output_gram)), dtype=np.float32))
             self._code_inputs.append(np.ascontiguousarray(codebook @ self.w_e[level].T + self.b[level], dtype=np.float32))
         self._w_h_t = [np.ascontiguousarray(w.T, dtype=np.float32) for w in self.w_h]
 
@@ -84,8 +85,10 @@ class RetrieverRuntime:
 
     def logits(self, level: int, states: np.ndarray) -> np.ndarray:
         """Return ``(B, K_level)`` code logits for ``(B, H)`` states."""
-        norms = np.sqrt(np.maximum(np.einsum("bh,bh->b", states @ self._output_gram[level], states), 1e-24))
-        return (self.scale / norms)[:, None] * (states @ self._code_scores[level])
+        codes = len(self.codebooks[level])
+        products = states @ self._logit_weights[level]
+        norms = np.sqrt(np.maximum(np.einsum("bh,bh->b", products[:, codes:], states), 1e-24))
+        return (self.scale / norms)[:, None] * products[:, :codes]
 
     def advance(self, level: int, states: np.ndarray, codes: np.ndarray) -> np.ndarray:
         """Return the states after choosing ``codes`` (``(B,)`` ints) at ``level``."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from collections import defaultdict
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,6 +79,22 @@ def write_trie(path: Path, codes: np.ndarray, codebook_sizes: list[int]) -> None
 
 
 @dataclass(frozen=True)
+class PrefixTable:
+    """Every prefix of the trie as a node of a flat child list, for vectorised beam search.
+
+    Node 0 is the root. Nodes are numbered in key order (by prefix length, then code
+    order), and ``codes`` lists the children of node 0, then of node 1, and so on. So
+    the child at position ``e`` of ``codes`` is node ``e + 1``, except that the children
+    of the last level's nodes are full semantic IDs, which are not nodes.
+    """
+
+    codes: np.ndarray  # (entries,) int64, children of every node, grouped by node
+    first_child: np.ndarray  # (nodes,) int64, position in codes of a node's first child
+    child_count: np.ndarray  # (nodes,) int64, at least 1 for every node
+    nodes_per_level: list[int]  # nodes with a prefix of length 0, 1, ..., L-1
+
+
+@dataclass(frozen=True)
 class TrieStats:
     distinct_ids: int
     largest_posting: int
@@ -107,6 +124,8 @@ class TrieReader:
         # At most 1 + K + ... + K^(L-1) prefixes exist whatever the corpus size, so
         # caching every lookup stays small and makes repeated beam searches cheap.
         self._children_cache: dict[tuple[int, ...], np.ndarray] = {}
+        self._prefix_table: PrefixTable | None = None
+        self._path = Path(path)
 
     def close(self) -> None:
         self._env.close()
@@ -125,6 +144,58 @@ class TrieReader:
         codes.flags.writeable = False
         self._children_cache[prefix] = codes
         return codes
+
+    def prefix_table(self) -> PrefixTable:
+        """Return every prefix and its children as flat arrays, read on first use and kept.
+
+        Holds one code per prefix and per distinct semantic ID: 2 bytes each in the file,
+        8 in memory (a few MB for millions of distinct IDs).
+        """
+        if self._prefix_table is None:
+            self._prefix_table = self._read_prefix_table()
+        return self._prefix_table
+
+    def _read_prefix_table(self) -> PrefixTable:
+        values: list[bytes] = []
+        nodes_per_level = [0] * self.levels
+        with self._env.begin(db=self._children, buffers=True) as txn:
+            for key, value in txn.cursor():
+                level = key[0]
+                if level >= self.levels or len(key) != 1 + level * CODE_DTYPE.itemsize:
+                    raise IndexFormatError(f"Trie {self._path} has a malformed children key {bytes(key)!r}")
+                nodes_per_level[level] += 1
+                values.append(bytes(value))
+        counts = np.array([len(v) // CODE_DTYPE.itemsize for v in values], dtype=np.int64)
+        codes = np.frombuffer(b"".join(values), dtype=CODE_DTYPE).astype(np.int64)
+        # Key order lists parents before children, so the children of level l's nodes are
+        # exactly level l+1's nodes, in order. A count mismatch means a damaged file.
+        for level in range(self.levels - 1):
+            parents = slice(sum(nodes_per_level[:level]), sum(nodes_per_level[: level + 1]))
+            if int(counts[parents].sum()) != nodes_per_level[level + 1]:
+                raise IndexFormatError(f"Trie {self._path} is inconsistent: level {level} lists children that have no entry")
+        if len(values) and (counts < 1).any():
+            raise IndexFormatError(f"Trie {self._path} has a prefix without children")
+        return PrefixTable(
+            codes=codes,
+            first_child=np.cumsum(counts) - counts,
+            child_count=counts,
+            nodes_per_level=nodes_per_level,
+        )
+
+    def iter_postings(self, semantic_ids: Iterable[bytes], limit: int | None = None) -> Iterator[np.ndarray]:
+        """Yield the ordinal list of each packed semantic ID (see ``pack_codes``), all in one read transaction.
+
+        Like ``postings``, each list is ascending, empty for an unknown ID and cut to
+        ``limit`` before it is copied out of the memory map. Close the generator (or
+        exhaust it) to end the transaction.
+        """
+        with self._env.begin(db=self._postings, buffers=True) as txn:
+            for key in semantic_ids:
+                value = txn.get(key)
+                if value is None:
+                    yield np.empty(0, np.int64)
+                else:
+                    yield np.frombuffer(value, dtype=ORDINAL_DTYPE)[:limit].astype(np.int64)
 
     def postings(self, semantic_id: tuple[int, ...] | list[int], limit: int | None = None) -> np.ndarray:
         """Return the ordinals filed under a full semantic ID (empty when unknown), ascending.

@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 
-from grdr_core.errors import InvalidInputError
+from grdr_core.errors import IndexFormatError, InvalidInputError
 from grdr_core.recall import beam_search, candidates_from_ids
 from grdr_core.retriever_runtime import RetrieverRuntime
-from grdr_core.trie import TrieReader, write_trie
+from grdr_core.trie import TrieReader, children_key, write_trie
 
 
 def _runtime(levels=2, codes=4, seed=0):
@@ -89,3 +89,66 @@ def test_runtime_save_load_round_trip(tmp_path):
     states = loaded.start(np.eye(4, dtype=np.float32))
     np.testing.assert_array_equal(states, runtime.start(np.eye(4, dtype=np.float32)))
     np.testing.assert_array_equal(loaded.logits(1, states), runtime.logits(1, states))
+
+
+def _reference_beam_search(runtime, trie, query, beam):
+    """Plain beam search over ``trie.children``: the definition the vectorised one must match."""
+    beams = [((), 0.0, runtime.start(query[None]))]
+    for level in range(runtime.levels):
+        extended = []
+        for row, (prefix, score, state) in enumerate(beams):
+            allowed = trie.children(prefix)
+            logits = runtime.logits(level, state)[0, allowed].astype(np.float64)
+            log_probs = logits - logits.max() - np.log(np.exp(logits - logits.max()).sum())
+            extended += [(score + lp, row, int(code)) for lp, code in zip(log_probs, allowed)]
+        extended.sort(key=lambda item: (-item[0], item[1], item[2]))
+        beams = [
+            (beams[row][0] + (code,), total, runtime.advance(level, beams[row][2], np.array([code])) if level + 1 < runtime.levels else None)
+            for total, row, code in extended[:beam]
+        ]
+    return [(prefix, score) for prefix, score, _ in beams]
+
+
+def test_beam_search_matches_reference(tmp_path):
+    rng = np.random.default_rng(7)
+    codes = rng.integers(0, 6, size=(300, 2, 3), dtype=np.uint16)
+    write_trie(tmp_path / "t.lmdb", codes, [6, 6, 6])
+    trie = TrieReader(tmp_path / "t.lmdb")
+    dim, hidden = 8, 5
+    runtime = RetrieverRuntime(
+        w_in=rng.standard_normal((hidden, dim)).astype(np.float32),
+        b_in=rng.standard_normal(hidden).astype(np.float32),
+        w_out=[rng.standard_normal((dim, hidden)).astype(np.float32) for _ in range(3)],
+        codebooks=[rng.standard_normal((6, dim)).astype(np.float32) for _ in range(3)],
+        w_h=[rng.standard_normal((hidden, hidden)).astype(np.float32) for _ in range(3)],
+        w_e=[rng.standard_normal((hidden, dim)).astype(np.float32) for _ in range(3)],
+        b=[rng.standard_normal(hidden).astype(np.float32) for _ in range(3)],
+        scale=4.0,
+    )
+    queries = rng.standard_normal((6, dim)).astype(np.float32)
+    for beam in (1, 7, 50):
+        for query, decoded in zip(queries, beam_search(runtime, trie, queries, beam)):
+            expected = _reference_beam_search(runtime, trie, query, beam)
+            assert [d.codes for d in decoded] == [prefix for prefix, _ in expected]
+            np.testing.assert_allclose([d.log_prob for d in decoded], [score for _, score in expected], rtol=1e-5)
+
+
+def test_prefix_table_lists_children_by_node(trie):
+    table = trie.prefix_table()
+    # Root -> codes 0, 1, 2, 3 (nodes 1-4); then the children of (0,), (1,), (2,), (3,).
+    assert table.nodes_per_level == [1, 4]
+    assert table.codes.tolist() == [0, 1, 2, 3, 0, 1, 2, 3, 3]
+    assert table.child_count.tolist() == [4, 2, 1, 1, 1]
+    assert table.first_child.tolist() == [0, 4, 6, 7, 8]
+
+
+def test_trie_with_missing_prefix_entry_is_rejected(tmp_path):
+    import lmdb
+
+    write_trie(tmp_path / "t.lmdb", np.array([[[0, 1]], [[2, 3]]], dtype=np.uint16), [4, 4])
+    env = lmdb.open(str(tmp_path / "t.lmdb"), subdir=False, max_dbs=3, lock=False)
+    with env.begin(write=True) as txn:
+        txn.delete(children_key((2,)), db=env.open_db(b"children", txn=txn))
+    env.close()
+    with pytest.raises(IndexFormatError, match="inconsistent"):
+        TrieReader(tmp_path / "t.lmdb").prefix_table()
