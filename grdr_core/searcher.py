@@ -28,6 +28,14 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_BEAM = 20
 DEFAULT_MAX_CANDIDATES = 300
+# Upper limits of the query parameters, so that one query's cost stays bounded: beam
+# search time grows with the beam, and rerank time with the candidate cap.
+MAX_K = 10_000
+MAX_BEAM = 1_000
+MAX_CANDIDATES = 100_000
+# Longer query texts are rejected before tokenizing. The text encoder truncates shorter
+# ones to its context (77 tokens for CLIP).
+MAX_QUERY_CHARS = 10_000
 
 
 @dataclass(frozen=True)
@@ -81,9 +89,9 @@ class Searcher:
         """Encode ``texts`` with the index's text encoder and answer each of them."""
         if isinstance(texts, str):
             raise InvalidInputError("search_batch takes a sequence of query strings, not one string")
-        for text in texts:
-            if not text or not text.strip():
-                raise InvalidInputError("A query text is empty")
+        for position, text in enumerate(texts):
+            check_query_text(text, position)
+        check_query_limits(k, beam, max_candidates)
         encoder = self.encoder  # loads the model on first use, outside the timed encode
         started = time.perf_counter()
         queries = encoder.encode_text(list(texts))
@@ -94,12 +102,16 @@ class Searcher:
     def search_embeddings(
         self, queries: np.ndarray, k: int = 10, beam: int = DEFAULT_BEAM, max_candidates: int = DEFAULT_MAX_CANDIDATES
     ) -> list[QueryResult]:
-        """Answer ``(B, D)`` query embeddings from the index's query encoder."""
-        if k < 1:
-            raise InvalidInputError(f"k must be >= 1, got {k}")
+        """Answer ``(B, D)`` query embeddings from the index's query encoder.
+
+        Each result holds at most ``min(k, candidates)`` hits.
+        """
+        check_query_limits(k, beam, max_candidates)
         queries = np.atleast_2d(np.asarray(queries, dtype=np.float32))
-        if queries.shape[1] != self.index.shards.dim:
-            raise InvalidInputError(f"Query dimension {queries.shape[1]} does not match the index dimension {self.index.shards.dim}")
+        if queries.ndim != 2 or queries.shape[1] != self.index.shards.dim:
+            raise InvalidInputError(f"Query embeddings have shape {queries.shape}, but this index stores {self.index.shards.dim}-dimensional embeddings")
+        if not np.isfinite(queries).all():
+            raise InvalidInputError("Query embeddings contain NaN or infinite values")
 
         started = time.perf_counter()
         decoded = beam_search(self.retriever, self.index.trie, queries, beam)
@@ -113,6 +125,34 @@ class Searcher:
             results.append((hits_for(self.index, ordinals, scores), len(pool)))
         rerank_ms = (time.perf_counter() - started) * 1000 / len(queries)
         return [QueryResult(hits, count, {"recall": recall_ms, "rerank": rerank_ms}) for hits, count in results]
+
+
+def check_query_text(text: object, position: int = 0) -> None:
+    """Raise ``InvalidInputError`` for a query that is not a usable text.
+
+    Rejected: non-strings, empty or whitespace-only texts, texts of more than
+    ``MAX_QUERY_CHARS`` characters, and texts that cannot be encoded as UTF-8 (lone
+    surrogates, which is how Python passes on command-line bytes that are not UTF-8).
+    """
+    if not isinstance(text, str):
+        raise InvalidInputError(f"Query {position} is a {type(text).__name__}, expected a string")
+    if not text.strip():
+        raise InvalidInputError(f"Query {position} is empty or only whitespace")
+    if len(text) > MAX_QUERY_CHARS:
+        raise InvalidInputError(f"Query {position} has {len(text)} characters; the maximum is {MAX_QUERY_CHARS}")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidInputError(
+            f"Query {position} is not valid UTF-8 text (invalid character at position {exc.start}); pass the query in UTF-8"
+        ) from None
+
+
+def check_query_limits(k: int, beam: int, max_candidates: int) -> None:
+    """Raise ``InvalidInputError`` when ``k``, ``beam`` or ``max_candidates`` is out of range."""
+    for name, value, maximum in (("k", k, MAX_K), ("beam", beam, MAX_BEAM), ("max_candidates", max_candidates, MAX_CANDIDATES)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 1 <= value <= maximum:
+            raise InvalidInputError(f"{name} must be an integer in [1, {maximum}], got {value!r}")
 
 
 def rerank(index: Index, query: np.ndarray, candidates: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -1,6 +1,7 @@
 """The train and query flow through the public API and the CLI, and its input errors."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -140,6 +141,58 @@ def test_bad_queries_are_rejected(trained_index):
             searcher.search_embeddings(np.ones((1, 32), np.float32), k=0)
 
 
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("", "empty or only whitespace"),
+        (" \t\n", "empty or only whitespace"),
+        ("a" * 10_001, "has 10001 characters; the maximum is 10000"),
+        ("caf\udce9", "not valid UTF-8 text (invalid character at position 3)"),
+        (b"a cat", "is a bytes, expected a string"),
+    ],
+)
+def test_bad_query_texts_are_rejected(trained_index, text, message):
+    index_dir, _ = trained_index
+    with Searcher(index_dir) as searcher:
+        with pytest.raises(InvalidInputError, match=re.escape(message)):
+            searcher.search_batch(["a cat", text])
+
+
+@pytest.mark.parametrize(
+    "limits, message",
+    [
+        ({"k": 0}, "k must be an integer in [1, 10000], got 0"),
+        ({"k": 10_001}, "k must be an integer in [1, 10000]"),
+        ({"beam": 0}, "beam must be an integer in [1, 1000], got 0"),
+        ({"beam": 1_001}, "beam must be an integer in [1, 1000]"),
+        ({"max_candidates": 0}, "max_candidates must be an integer in [1, 100000]"),
+        ({"max_candidates": 2.5}, "max_candidates must be an integer in [1, 100000], got 2.5"),
+    ],
+)
+def test_query_limits_out_of_range_are_rejected(trained_index, limits, message):
+    index_dir, _ = trained_index
+    with Searcher(index_dir) as searcher:
+        with pytest.raises(InvalidInputError, match=re.escape(message)):
+            searcher.search_embeddings(np.ones((1, 32), np.float32), **limits)
+
+
+def test_nan_query_embedding_is_rejected(trained_index):
+    index_dir, _ = trained_index
+    query = np.ones((2, 32), np.float32)
+    query[1, 3] = np.nan
+    with Searcher(index_dir) as searcher:
+        with pytest.raises(InvalidInputError, match="NaN"):
+            searcher.search_embeddings(query)
+
+
+def test_k_above_candidates_returns_all_candidates(trained_index, corpus):
+    index_dir, _ = trained_index
+    with Searcher(index_dir) as searcher:
+        (result,) = searcher.search_embeddings(corpus.caption_embeddings[:1], k=10_000, max_candidates=7)
+    assert result.candidates == 7
+    assert len(result.hits) == 7
+
+
 def test_caption_embeddings_of_another_dimension_are_rejected(trained_index, tmp_path):
     index_dir, _ = trained_index
     path = tmp_path / "bad.parquet"
@@ -199,6 +252,17 @@ def test_msvd_build_train_query_offline(tiny_clip_dir, tmp_path):
 
     result = runner.invoke(cli, ["query", str(index_dir), "   "])
     assert result.exit_code != 0
+
+    # The longest accepted query is truncated to CLIP's 77-token context and answered.
+    result = runner.invoke(cli, ["query", str(index_dir), "guitar " * 1428 + "abcd", "-k", "3", "--json"])
+    assert result.exit_code == 0, result.output
+    assert len(json.loads(result.stdout)["results"]) == 3
+
+    # Command-line bytes that are not UTF-8 reach Python as lone surrogates.
+    not_utf8 = b"caf\xe9".decode("utf-8", "surrogateescape")
+    result = runner.invoke(cli, ["query", str(index_dir), not_utf8])
+    assert result.exit_code != 0
+    assert "not valid UTF-8" in str(result.exception)
 
 
 def test_query_with_another_encoder_is_rejected(tmp_path):
