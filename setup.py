@@ -40,6 +40,9 @@ setup(
         "click>=8.1",
         "tqdm>=4.66",
         "psutil>=5.9",
+        "threadpoolctl>=3.1",
+        "faiss-cpu>=1.15",
+        "matplotlib>=3.8",
     ],
     extras_require={
         "beam": ["apache-beam>=2.60"],
