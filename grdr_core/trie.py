@@ -13,6 +13,7 @@ import lmdb
 import numpy as np
 
 from grdr_core.errors import IndexFormatError, InvalidInputError
+from grdr_core.lmdb_write import write_sorted_tables
 from grdr_schemas.trie import CODE_DTYPE, DB_CHILDREN, DB_META, DB_POSTINGS, ORDINAL_DTYPE, TRIE_FORMAT_VERSION
 
 logger = logging.getLogger(__name__)
@@ -43,17 +44,8 @@ def write_trie(path: Path, codes: np.ndarray, codebook_sizes: list[int]) -> None
         raise InvalidInputError(f"Expected codes of shape (n, views, levels), got {codes.shape}")
     num_videos, views, levels = codes.shape
 
-    postings: dict[bytes, set[int]] = defaultdict(set)
-    children: dict[bytes, set[int]] = defaultdict(set)
-    for ordinal in range(num_videos):
-        for view in range(views):
-            semantic_id = codes[ordinal, view]
-            postings[pack_codes(semantic_id)].add(ordinal)
-            for level in range(levels):
-                children[children_key(semantic_id[:level])].add(int(semantic_id[level]))
-
-    children_items = [(k, np.array(sorted(v), dtype=CODE_DTYPE).tobytes()) for k, v in sorted(children.items())]
-    posting_items = [(k, np.array(sorted(v), dtype=ORDINAL_DTYPE).tobytes()) for k, v in sorted(postings.items())]
+    children_items = _children_items(codes)
+    posting_items = _posting_items(codes)
     meta_items = sorted(
         [
             (b"format_version", json.dumps(TRIE_FORMAT_VERSION).encode()),
@@ -63,19 +55,72 @@ def write_trie(path: Path, codes: np.ndarray, codebook_sizes: list[int]) -> None
     )
 
     payload = sum(len(k) + len(v) for k, v in children_items + posting_items)
-    # LMDB needs an upper bound for the file; on Linux the file only grows to the pages used.
+    # LMDB needs an upper bound for the file, and on Linux the file only grows to the pages
+    # used. An estimate that proves too small costs a retry with a doubled map.
     map_size = max(1 << 24, 4 * payload + 64 * (len(children_items) + len(posting_items)))
-    env = lmdb.open(str(path), subdir=False, map_size=map_size, max_dbs=_MAX_DBS, lock=False, meminit=True)
-    try:
-        with env.begin(write=True) as txn:
-            for name, items in ((DB_CHILDREN, children_items), (DB_POSTINGS, posting_items), (DB_META, meta_items)):
-                db = env.open_db(name, txn=txn)
-                consumed, added = txn.cursor(db).putmulti(items, append=True)
-                if added != len(items):
-                    raise IndexFormatError(f"Trie write to {name!r} stored {added} of {len(items)} keys")
-    finally:
-        env.close()
+    write_sorted_tables(path, [(DB_CHILDREN, children_items), (DB_POSTINGS, posting_items), (DB_META, meta_items)], map_size, _MAX_DBS)
     logger.info("Wrote trie %s: %d prefixes, %d semantic IDs", path, len(children_items), len(posting_items))
+
+
+def _sort_keys(rows: np.ndarray) -> np.ndarray:
+    """Return one sortable value per row of an ``(n, l)`` code array, ordered like the packed bytes.
+
+    Up to 4 codes fit one uint64 (16 bits each, first code highest), which NumPy sorts
+    fast. Longer rows become opaque byte strings, which NumPy compares bytewise, and
+    bytewise order is code order for big-endian codes.
+    """
+    width = rows.shape[1]
+    if width * 16 <= 64:
+        keys = np.zeros(len(rows), dtype=np.uint64)
+        for column in range(width):
+            keys = (keys << np.uint64(16)) | rows[:, column].astype(np.uint64)
+        return keys
+    packed = np.ascontiguousarray(rows, dtype=CODE_DTYPE)
+    return packed.view(np.dtype((np.void, width * CODE_DTYPE.itemsize))).ravel()
+
+
+def _rows_of(keys: np.ndarray, width: int) -> np.ndarray:
+    """Invert ``_sort_keys``: the ``(n, width)`` codes of sorted keys."""
+    if keys.dtype == np.uint64:
+        shifts = np.arange(width - 1, -1, -1, dtype=np.uint64) * np.uint64(16)
+        return ((keys[:, None] >> shifts) & np.uint64(0xFFFF)).astype(np.int64)
+    return np.frombuffer(keys.tobytes(), dtype=CODE_DTYPE).reshape(-1, width).astype(np.int64)
+
+
+def _children_items(codes: np.ndarray) -> list[tuple[bytes, bytes]]:
+    """Return (children key, packed sorted child codes) of every prefix, in key order."""
+    levels = codes.shape[2]
+    items = []
+    for level in range(levels):
+        # Distinct (prefix, next code) pairs, sorted by prefix and then by code.
+        pairs = _rows_of(np.unique(_sort_keys(codes[:, :, : level + 1].reshape(-1, level + 1))), level + 1)
+        prefixes = pairs[:, :level]
+        starts = np.flatnonzero(np.concatenate(([True], (prefixes[1:] != prefixes[:-1]).any(axis=1))))
+        ends = np.append(starts[1:], len(pairs))
+        next_codes = pairs[:, level].astype(CODE_DTYPE)
+        prefix_bytes = prefixes[starts].astype(CODE_DTYPE)
+        for row, (start, end) in enumerate(zip(starts.tolist(), ends.tolist())):
+            items.append((bytes([level]) + prefix_bytes[row].tobytes(), next_codes[start:end].tobytes()))
+    return items
+
+
+def _posting_items(codes: np.ndarray) -> list[tuple[bytes, bytes]]:
+    """Return (packed semantic ID, packed sorted distinct ordinals) of every ID, in key order."""
+    num_videos, views, levels = codes.shape
+    ids, inverse = np.unique(_sort_keys(codes.reshape(-1, levels)), return_inverse=True)
+    ordinals = np.repeat(np.arange(num_videos, dtype=np.int64), views)
+    order = np.lexsort((ordinals, inverse))
+    ids_sorted, ordinals_sorted = inverse[order], ordinals[order]
+    # A video filed twice under one ID (two views with equal IDs) is listed once.
+    keep = np.concatenate(([True], (ids_sorted[1:] != ids_sorted[:-1]) | (ordinals_sorted[1:] != ordinals_sorted[:-1])))
+    ids_sorted, packed = ids_sorted[keep], ordinals_sorted[keep].astype(ORDINAL_DTYPE)
+    bounds = np.searchsorted(ids_sorted, np.arange(len(ids) + 1)).tolist()
+    raw_ids = _rows_of(ids, levels).astype(CODE_DTYPE).tobytes()
+    width = levels * CODE_DTYPE.itemsize
+    return [
+        (raw_ids[i * width : (i + 1) * width], packed[bounds[i] : bounds[i + 1]].tobytes())
+        for i in range(len(ids))
+    ]
 
 
 @dataclass(frozen=True)

@@ -176,3 +176,29 @@ def test_trie_postings_limit_returns_prefix(tmp_path):
     trie = TrieReader(tmp_path / "trie.lmdb")
     assert trie.postings((0, 0), limit=3).tolist() == [0, 1, 2]
     assert trie.postings((0, 0)).tolist() == list(range(10))
+
+
+def _reference_trie_contents(codes):
+    """Children and postings built one video and view at a time: what write_trie must store."""
+    children, postings = {}, {}
+    for ordinal, video in enumerate(codes.tolist()):
+        for semantic_id in video:
+            postings.setdefault(tuple(semantic_id), set()).add(ordinal)
+            for level in range(len(semantic_id)):
+                children.setdefault(tuple(semantic_id[:level]), set()).add(semantic_id[level])
+    return children, postings
+
+
+@pytest.mark.parametrize("shape, codes_per_level", [((400, 3, 3), 5), ((300, 2, 5), 65535), ((60, 4, 2), 2), ((1, 1, 1), 7)])
+def test_trie_matches_reference_contents(tmp_path, shape, codes_per_level):
+    codes = np.random.default_rng(3).integers(0, codes_per_level, size=shape).astype(np.uint16)
+    write_trie(tmp_path / "t.lmdb", codes, [codes_per_level] * shape[2])
+    reader = TrieReader(tmp_path / "t.lmdb")
+    children, postings = _reference_trie_contents(codes)
+    for prefix, expected in children.items():
+        assert reader.children(prefix).tolist() == sorted(expected)
+    for semantic_id, expected in postings.items():
+        assert reader.postings(semantic_id).tolist() == sorted(expected)
+    stats = reader.stats()
+    assert stats.distinct_ids == len(postings)
+    assert len(reader.prefix_table().codes) == sum(len(v) for v in children.values())
