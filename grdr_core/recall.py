@@ -9,7 +9,8 @@ import numpy as np
 
 from grdr_core.errors import InvalidInputError
 from grdr_core.retriever_runtime import RetrieverRuntime
-from grdr_core.trie import PrefixTable, TrieReader, pack_codes
+from grdr_core.trie import PrefixTable, TrieReader
+from grdr_schemas.trie import CODE_DTYPE
 
 
 @dataclass(frozen=True)
@@ -36,35 +37,52 @@ def beam_search(runtime: RetrieverRuntime, trie: TrieReader, queries: np.ndarray
         return [[] for _ in range(num_queries)]
 
     # One row per live beam, grouped by query: rows bounds[q]:bounds[q+1] belong to query
-    # q. A row is a trie node (its prefix), the prefix's codes and its summed log-prob.
+    # q. A row is a trie node (its prefix) with its summed log-prob. The prefix's codes
+    # are rebuilt at the end from each level's (parent row, code) choices.
     bounds = np.arange(num_queries + 1)
     nodes = np.zeros(num_queries, dtype=np.int64)
-    paths = np.zeros((num_queries, 0), dtype=np.int64)
     scores = np.zeros(num_queries)
     states = runtime.start(queries)
+    choices: list[tuple[np.ndarray, np.ndarray]] = []
 
     for level in range(runtime.levels):
         step = _expand(runtime.logits(level, states), nodes, scores, table)
-        # The candidates of row r are contiguous and rows are grouped by query, so
-        # query q's candidates lie between the first candidates of its bounding rows.
-        selected = [_top(step.totals, a, b, beam) for a, b in zip(step.row_start[bounds[:-1]], step.row_start[bounds[1:]])]
-        bounds = np.concatenate(([0], np.cumsum([len(s) for s in selected])))
-        chosen = np.concatenate(selected)
+        if num_queries == 1:
+            chosen = _top(step.totals, 0, len(step.totals), beam)
+            bounds = np.array([0, len(chosen)])
+        else:
+            # The candidates of row r are contiguous and rows are grouped by query, so
+            # query q's candidates lie between the first candidates of its bounding rows.
+            starts, stops = step.row_start[bounds[:-1]].tolist(), step.row_start[bounds[1:]].tolist()
+            selected = [_top(step.totals, start, stop, beam) for start, stop in zip(starts, stops)]
+            bounds = np.concatenate(([0], np.cumsum([len(s) for s in selected])))
+            chosen = np.concatenate(selected)
 
         rows = step.rows[chosen]
-        codes = table.codes[step.entries[chosen]]
-        nodes = step.entries[chosen] + 1
+        entries = step.entries[chosen]
+        codes = table.codes[entries]
+        nodes = entries + 1
         scores = step.totals[chosen]
-        paths = np.column_stack((paths[rows], codes))
+        choices.append((rows, codes))
         if level + 1 < runtime.levels:
             states = runtime.advance(level, states[rows], codes)
 
-    decoded_paths = [tuple(p) for p in paths.tolist()]
+    paths = _backtrack(choices)
     scores_list = scores.tolist()
     return [
-        [DecodedId(codes=decoded_paths[row], log_prob=scores_list[row]) for row in range(bounds[q], bounds[q + 1])]
+        [DecodedId(codes=paths[row], log_prob=scores_list[row]) for row in range(bounds[q], bounds[q + 1])]
         for q in range(num_queries)
     ]
+
+
+def _backtrack(choices: list[tuple[np.ndarray, np.ndarray]]) -> list[tuple[int, ...]]:
+    """Return the full code path of every final row from each level's (parent row, code) choices."""
+    columns = []
+    rows = np.arange(len(choices[-1][0]))
+    for parents, codes in reversed(choices):
+        columns.append(codes[rows])
+        rows = parents[rows]
+    return list(zip(*(column.tolist() for column in reversed(columns))))
 
 
 @dataclass(frozen=True)
@@ -113,7 +131,13 @@ def candidates_from_ids(trie: TrieReader, decoded: list[DecodedId], max_candidat
     # A posting list has no duplicates, so its first max_candidates ordinals include all
     # that the cap can still admit. Duplicates are removed only once the lists read so
     # far could fill the pool, which in a large corpus is often after the first list.
-    with closing(trie.iter_postings((pack_codes(d.codes) for d in decoded), limit=max_candidates)) as lists:
+    if not decoded:
+        return pool
+    # All keys packed by one conversion: decoded IDs share one length.
+    packed = np.array([d.codes for d in decoded], dtype=CODE_DTYPE).tobytes()
+    width = len(packed) // len(decoded)
+    keys = (packed[i : i + width] for i in range(0, len(packed), width))
+    with closing(trie.iter_postings(keys, limit=max_candidates)) as lists:
         for ordinals in lists:
             pending.append(ordinals)
             pending_count += len(ordinals)
