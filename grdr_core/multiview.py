@@ -307,9 +307,11 @@ def assign_multiview_codes(
         raise InvalidInputError(f"chunk must be >= 1, got {chunk}")
 
     codes = np.empty((len(video_embeddings), views, len(codebooks)), dtype=np.uint16)
+    flat_projections = np.ascontiguousarray(projections.reshape(views * view_dim, video_dim), dtype=np.float32)
     for start in range(0, len(video_embeddings), chunk):
         block = video_embeddings[start : start + chunk]
-        view_vectors = unit_rows(np.einsum("vkd,nd->nvk", projections, block))  # (n, V, d)
+        # One BLAS product for all views; np.einsum would loop in C without BLAS here.
+        view_vectors = unit_rows((block @ flat_projections.T).reshape(len(block), views, view_dim))  # (n, V, d)
         flat_codes, flat_scores = quantize_residuals(view_vectors.reshape(-1, view_dim), codebooks)
         block_codes = flat_codes.reshape(len(block), views, -1)
         if distinct_ids:
