@@ -8,7 +8,7 @@ import shutil
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,9 @@ ENCODE_BATCHES_PER_FLUSH = 4
 # Manifest rows are buffered in memory until a part is written; smaller parts keep the
 # build's memory flat on large corpora (a buffered row is about 0.8 KB).
 MANIFEST_ROWS_PER_PART = 10_000
+# Failed files logged per status; the manifest records every one. A data lake can hold
+# thousands of files that fail the same way, and their log lines would bury the rest.
+MAX_LOGGED_FAILURES_PER_STATUS = 100
 
 
 @dataclass(frozen=True)
@@ -76,6 +79,15 @@ class BuildSummary:
             text += f" ({failures})"
         return text + f" in {self.seconds:.1f} s ({rate:.2f} videos/s)"
 
+    def status_table(self) -> str:
+        """Return a plain-text table of files per status, largest count first, with the total."""
+        rows = sorted(self.status_counts.items(), key=lambda item: (-item[1], item[0]))
+        width = max([len("status"), len("total"), *(len(status) for status, _ in rows)])
+        lines = [f"{'status':<{width}}  {'files':>7}"]
+        lines += [f"{status:<{width}}  {count:>7}" for status, count in rows]
+        lines.append(f"{'total':<{width}}  {sum(self.status_counts.values()):>7}")
+        return "\n".join(lines)
+
 
 ProgressCallback = Callable[[VideoFile, str], None]
 
@@ -103,9 +115,7 @@ def build_index(
     if on_discovered is not None:
         on_discovered(len(files))
     encoder = encoder or ClipEncoder(config.encoder)
-    decode_config = DecodeConfig(
-        num_frames=config.decode.num_frames, short_side=encoder.short_side, timeout_s=config.decode.timeout_s
-    )
+    decode_config = replace(config.decode, short_side=encoder.short_side)
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = staging_dir_for(out_dir)
@@ -147,7 +157,7 @@ def _embed_videos(
 
     def record(file: VideoFile, status: str, error: str | None, video: DecodedVideo | None, ordinal: int | None) -> None:
         if status != VideoStatus.OK.value:
-            logger.warning("Failed to index %s: %s: %s", file.uri, status, error)
+            _log_failure(file, status, error, status_counts[status])
         manifest.add(_manifest_row(file, status, error, video, ordinal))
         status_counts[status] += 1
         if progress is not None:
@@ -163,7 +173,7 @@ def _embed_videos(
         pending.clear()
 
     with DecodePool(decode_config, workers=config.workers) as pool:
-        for result, file in zip(pool.imap(f.uri for f in files), files, strict=True):
+        for result, file in zip(pool.imap(f.path for f in files), files, strict=True):
             if result.video is None:
                 # Keep rows in discovery order: encode what is pending before recording a failure.
                 flush_pending()
@@ -182,6 +192,17 @@ def _embed_videos(
     if rows != len(files) or stored != status_counts.get(VideoStatus.OK.value, 0):
         raise RuntimeError(f"Build bookkeeping mismatch: {len(files)} files, {rows} manifest rows, {stored} embeddings")
     return status_counts
+
+
+def _log_failure(file: VideoFile, status: str, error: str | None, earlier: int) -> None:
+    """Log one WARNING line per failed file, up to ``MAX_LOGGED_FAILURES_PER_STATUS`` per status."""
+    if earlier < MAX_LOGGED_FAILURES_PER_STATUS:
+        logger.warning("Failed to index %s: %s: %s", file.uri, status, error)
+    elif earlier == MAX_LOGGED_FAILURES_PER_STATUS:
+        logger.warning(
+            "%d files failed with status %s; further ones are recorded in the manifest without a log line",
+            earlier + 1, status,
+        )
 
 
 def _encode_batch(encoder: ClipEncoder, videos: list[DecodedVideo]) -> tuple[list[np.ndarray | None], list[str | None]]:
@@ -210,6 +231,7 @@ def _manifest_row(file: VideoFile, status: str, error: str | None, video: Decode
     return {
         "video_id": file.video_id,
         "uri": file.uri,
+        "uri_bytes": file.uri_bytes,
         "size_bytes": file.size_bytes,
         "fingerprint": file.fingerprint,
         "status": status,
@@ -219,6 +241,9 @@ def _manifest_row(file: VideoFile, status: str, error: str | None, video: Decode
         "fps": video.fps if video else None,
         "width": video.width if video else None,
         "height": video.height if video else None,
+        "coded_width": video.coded_width if video else None,
+        "coded_height": video.coded_height if video else None,
+        "rotation": video.rotation if video else None,
         "num_frames": video.num_frames if video else None,
         "frames_sampled": len(video.frames) if video else None,
         "ordinal": ordinal,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,14 +21,40 @@ VIDEO_EXTENSIONS = frozenset(
 _FINGERPRINT_CHUNK = 1 << 20
 
 
+# Fingerprint of a file that could not be read, or that is not a regular file and so
+# is never opened (opening a FIFO would block the build).
+UNREADABLE = "unreadable"
+NOT_A_REGULAR_FILE = "not-a-regular-file"
+
+
 @dataclass(frozen=True)
 class VideoFile:
-    """One discovered input file."""
+    """One discovered input file.
+
+    ``video_id`` and ``uri`` are valid UTF-8 text for the manifest. A file name that is
+    not valid UTF-8 (a Latin-1 name on Linux, say) shows each invalid byte as a ``\\xNN``
+    escape there. ``path`` is the name to open, and ``uri_bytes`` keeps the raw bytes.
+    """
 
     video_id: str  # POSIX path relative to the input root, extension included
-    uri: str  # absolute path
-    size_bytes: int
+    uri: str  # absolute path, valid UTF-8
+    size_bytes: int  # -1 when the file could not be examined
     fingerprint: str
+    path: str  # absolute path as the OS names it (surrogate escapes for undecodable bytes)
+    uri_bytes: bytes | None = None  # raw bytes of the absolute path when it is not valid UTF-8
+
+
+def path_text(path: str) -> tuple[str, bytes | None]:
+    """Return ``path`` as valid UTF-8 text, and its raw bytes when they are not valid UTF-8.
+
+    ``os.walk`` gives undecodable bytes of a name as lone surrogates, which Arrow cannot
+    store. They become ``\\xNN`` escapes in the text, and the raw bytes are kept beside it.
+    """
+    raw = os.fsencode(path)
+    try:
+        return raw.decode("utf-8"), None
+    except UnicodeDecodeError:
+        return raw.decode("utf-8", errors="backslashreplace"), raw
 
 
 def fingerprint_file(path: str | os.PathLike[str], size: int) -> str:
@@ -76,29 +103,37 @@ def discover_videos(root: str | os.PathLike[str], extensions: frozenset[str] = V
             path = Path(dirpath) / name
             found.append(_describe_file(root_path, path))
 
+    # NOTE: a name that is not valid UTF-8 gets \xNN escapes in its id. A file whose
+    # name contains the same escapes literally would get the same id, and nothing checks that.
     found.sort(key=lambda v: v.video_id)
     logger.info("Discovered %d video files under %s", len(found), root_path)
     return found
 
 
 def _describe_file(root: Path, path: Path) -> VideoFile:
-    video_id = path.relative_to(root).as_posix()
+    video_id, _ = path_text(path.relative_to(root).as_posix())
+    uri, uri_bytes = path_text(str(path))
+    size, fingerprint = _fingerprint_or_reason(path)
+    return VideoFile(
+        video_id=video_id, uri=uri, size_bytes=size, fingerprint=fingerprint, path=str(path), uri_bytes=uri_bytes
+    )
+
+
+def _fingerprint_or_reason(path: Path) -> tuple[int, str]:
+    # Unreadable and special files still get a manifest row, and decoding records the read error.
     try:
-        size = path.stat().st_size
-        fingerprint = fingerprint_file(path, size)
+        info = path.stat()
     except OSError as exc:
-        # Unreadable files still get a manifest row; decoding records the read error.
-        logger.warning("Cannot read %s for fingerprinting: %s", path, exc)
-        size = -1 if not path.exists() else _safe_size(path)
-        fingerprint = "unreadable"
-    return VideoFile(video_id=video_id, uri=str(path), size_bytes=size, fingerprint=fingerprint)
-
-
-def _safe_size(path: Path) -> int:
+        logger.warning("Cannot examine %s: %s", path, exc)
+        return -1, UNREADABLE
+    if not stat.S_ISREG(info.st_mode):
+        logger.warning("Not fingerprinting %s: it is not a regular file", path)
+        return info.st_size, NOT_A_REGULAR_FILE
     try:
-        return path.stat().st_size
-    except OSError:
-        return -1
+        return info.st_size, fingerprint_file(path, info.st_size)
+    except OSError as exc:
+        logger.warning("Cannot read %s for fingerprinting: %s", path, exc)
+        return info.st_size, UNREADABLE
 
 
 def _log_walk_error(exc: OSError) -> None:

@@ -467,6 +467,16 @@ class ClipEncoder:
         means = sums / torch.tensor(counts, dtype=torch.float32).unsqueeze(1)
         return F.normalize(means, dim=-1).numpy()
 
+    @property
+    def max_text_tokens(self) -> int:
+        """Length of the text encoder's context in tokens, start and end tokens included (77 for OpenAI CLIP)."""
+        return self._max_text_tokens
+
+    def count_text_tokens(self, texts: Sequence[str]) -> list[int]:
+        """Return each text's length in tokens before truncation, start and end tokens included."""
+        encoded = self._tokenizer(list(texts), truncation=False, verbose=False)
+        return [len(ids) for ids in encoded["input_ids"]]
+
     def encode_text(self, texts: Sequence[str]) -> np.ndarray:
         """Encode texts into (n, dim) float32 unit-length text features.
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -20,6 +19,7 @@ from grdr_core.errors import IndexExistsError, IndexFormatError, InvalidInputErr
 from grdr_core.manifest import read_manifest
 from grdr_core.shards import ShardReader
 from grdr_core.trie import TrieReader
+from grdr_core.verify import check_on_open, read_header, sha256_file
 from grdr_schemas.index import INDEX_FORMAT_VERSION, IndexLayout
 
 logger = logging.getLogger(__name__)
@@ -37,11 +37,7 @@ def file_checksums(root: Path, exclude: set[str]) -> dict[str, dict[str, Any]]:
         relative = path.relative_to(root).as_posix()
         if relative in exclude:
             continue
-        digest = hashlib.sha256()
-        with open(path, "rb") as f:
-            while chunk := f.read(1 << 22):
-                digest.update(chunk)
-        checksums[relative] = {"bytes": path.stat().st_size, "sha256": digest.hexdigest()}
+        checksums[relative] = {"bytes": path.stat().st_size, "sha256": sha256_file(path)}
     return checksums
 
 
@@ -68,11 +64,24 @@ def check_output_path(out_dir: Path, overwrite: bool, input_root: Path | None = 
         return
     if not overwrite:
         raise IndexExistsError(f"Output path already exists: {out_dir} (pass --overwrite to replace an existing grdr index)")
-    if out_dir.is_symlink() or not out_dir.is_dir() or not (out_dir / "index.json").is_file():
+    if out_dir.is_symlink() or not out_dir.is_dir() or not _is_grdr_index(out_dir):
         raise IndexExistsError(
-            f"Output path {out_dir} exists and is not a grdr index (no index.json); "
-            "--overwrite only replaces an index, so remove it yourself or choose another path"
+            f"Output path {out_dir} exists and is not a grdr index (no index.json with a format "
+            "version, shard store and trie); --overwrite only replaces an index, so remove it "
+            "yourself or choose another path"
         )
+
+
+def _is_grdr_index(directory: Path) -> bool:
+    """Return whether ``directory`` has the header and the files every grdr index version has."""
+    layout = IndexLayout(directory)
+    try:
+        header = json.loads(layout.header.read_text())
+    except (OSError, ValueError):
+        return False
+    if not isinstance(header, dict) or not {"format_version", "shards"} <= header.keys():
+        return False
+    return layout.shards_dir.is_dir() and layout.trie.is_file()
 
 
 def publish(staging: Path, out_dir: Path, overwrite: bool) -> None:
@@ -128,35 +137,39 @@ class Index:
 
 
 def open_index(directory: str | os.PathLike[str]) -> Index:
-    """Open an index directory for reading, checking its format version."""
+    """Open an index directory for reading, checking its format version and its files.
+
+    Every file listed in ``index.json`` must exist with its recorded size, and the trie
+    and model files must match their SHA-256 sums. ``grdr_core.verify`` explains what
+    this quick check leaves to ``grdr-index verify``. Raises ``IndexFormatError`` naming
+    the damaged files.
+    """
     layout = IndexLayout(Path(directory))
-    if not layout.header.is_file():
-        raise IndexFormatError(f"Not a grdr index (no index.json): {layout.root}")
-    try:
-        header = json.loads(layout.header.read_text())
-    except (OSError, ValueError) as exc:
-        raise IndexFormatError(f"Cannot read {layout.header}: {exc}") from exc
-    if header.get("format_version") != INDEX_FORMAT_VERSION:
-        raise IndexFormatError(
-            f"Index {layout.root} has format version {header.get('format_version')}, "
-            f"this grdr reads version {INDEX_FORMAT_VERSION}; rebuild the index"
-        )
+    header = read_header(layout)
+    check_on_open(layout, header)
 
     store = header["shards"]
     shards = ShardReader(layout.shards_dir, store["count"], store["dim"], store["records_per_shard"])
     trie = TrieReader(layout.trie)
+    try:
+        video_ids, uris = _read_ordinal_map(layout, store["count"])
+    except BaseException:
+        trie.close()  # LMDB refuses a second open of the same file while this one lives
+        raise
+    return Index(layout=layout, header=header, shards=shards, trie=trie, video_ids=video_ids, uris=uris)
 
+
+def _read_ordinal_map(layout: IndexLayout, count: int) -> tuple[pa.Array, pa.Array]:
+    """Return the video_id and uri of every stored embedding, indexed by ordinal."""
     table = read_manifest(layout.manifest_dir, columns=["video_id", "uri", "ordinal"])
     table = table.filter(pc.is_valid(table["ordinal"]))
     ordinals = table["ordinal"].to_numpy()
-    if len(ordinals) != store["count"]:
-        raise IndexFormatError(f"Manifest of {layout.root} lists {len(ordinals)} ordinals for {store['count']} stored embeddings")
-    if not np.array_equal(ordinals, np.arange(store["count"])):
+    if len(ordinals) != count:
+        raise IndexFormatError(f"Manifest of {layout.root} lists {len(ordinals)} ordinals for {count} stored embeddings")
+    if not np.array_equal(ordinals, np.arange(count)):
         # Builds write rows in ordinal order; accept any permutation of the ordinals.
         order = np.argsort(ordinals)
-        if not np.array_equal(ordinals[order], np.arange(store["count"])):
-            raise IndexFormatError(f"Manifest ordinals of {layout.root} do not cover the {store['count']} stored embeddings")
+        if not np.array_equal(ordinals[order], np.arange(count)):
+            raise IndexFormatError(f"Manifest ordinals of {layout.root} do not cover the {count} stored embeddings")
         table = table.take(order)
-    video_ids = table["video_id"].combine_chunks()
-    uris = table["uri"].combine_chunks()
-    return Index(layout=layout, header=header, shards=shards, trie=trie, video_ids=video_ids, uris=uris)
+    return table["video_id"].combine_chunks(), table["uri"].combine_chunks()

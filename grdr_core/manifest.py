@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from grdr_core.errors import IndexFormatError
-from grdr_schemas.manifest import MANIFEST_SCHEMA
+from grdr_schemas.manifest import MANIFEST_SCHEMA, MANIFEST_SCHEMA_VERSION
 
 logger = logging.getLogger(__name__)
 
@@ -42,16 +42,38 @@ class ManifestWriter:
     def _flush(self) -> None:
         # from_pylist validates every row against the schema (types and non-null columns).
         table = pa.Table.from_pylist(self._rows, schema=MANIFEST_SCHEMA)
-        pq.write_table(table, self.directory / f"part-{self._parts:05d}.parquet", compression="zstd")
+        # Page checksums (CRC-32) let readers reject a damaged part instead of returning wrong rows.
+        pq.write_table(
+            table, self.directory / f"part-{self._parts:05d}.parquet", compression="zstd", write_page_checksum=True
+        )
         self._parts += 1
         self.rows_written += len(self._rows)
         self._rows = []
 
 
 def read_manifest(directory: Path, columns: list[str] | None = None) -> pa.Table:
-    """Read all manifest parts of an index, in part order."""
+    """Read all manifest parts of an index, in part order, as the current schema.
+
+    Columns that an older schema version lacks come back as nulls. Raises
+    ``IndexFormatError`` naming the part that is unreadable, damaged or of a newer
+    schema version.
+    """
     parts = sorted(Path(directory).glob("part-*.parquet"))
     if not parts:
         raise IndexFormatError(f"No manifest parts found in {directory}")
-    tables = [pq.read_table(p, columns=columns, schema=MANIFEST_SCHEMA) for p in parts]
-    return pa.concat_tables(tables)
+    return pa.concat_tables([_read_part(part, columns) for part in parts])
+
+
+def _read_part(path: Path, columns: list[str] | None) -> pa.Table:
+    try:
+        metadata = pq.read_schema(path).metadata or {}
+        version = int(metadata.get(b"grdr.manifest_schema_version", b"1"))
+        if version > MANIFEST_SCHEMA_VERSION:
+            raise IndexFormatError(
+                f"Manifest part {path} has schema version {version}, this grdr reads versions up to "
+                f"{MANIFEST_SCHEMA_VERSION}; upgrade grdr to read this index"
+            )
+        return pq.read_table(path, columns=columns, schema=MANIFEST_SCHEMA, page_checksum_verification=True)
+    except (OSError, ValueError, pa.ArrowException) as exc:
+        # pyarrow raises ArrowInvalid (a ValueError) or OSError for a damaged file.
+        raise IndexFormatError(f"Cannot read manifest part {path}: {exc}; run `grdr-index verify` on the index") from exc

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from grdr_core.captions import CaptionReport, match_caption_embeddings, match_captions
+from grdr_core.captions import CaptionReport, CaptionSet, match_caption_embeddings, match_captions
 from grdr_core.errors import InvalidInputError
 from grdr_core.index import Index, open_index, publish, staging_dir_for, write_header
 from grdr_core.id_stats import id_statistics
@@ -67,7 +67,7 @@ def train_index(
         video_ids = np.asarray(index.video_ids.to_pylist(), dtype=object)
         if captions is not None:
             caption_set = match_captions(Path(captions), video_ids)
-            query_embeddings = _encode_captions(index, caption_set.texts or [], model, config.device)
+            query_embeddings = _encode_captions(index, caption_set, model, config.device)
         else:
             caption_set = match_caption_embeddings(Path(caption_embeddings), video_ids)
             query_embeddings = caption_set.embeddings
@@ -92,10 +92,19 @@ def train_index(
     return summary
 
 
-def _encode_captions(index: Index, texts: list[str], model: str | None, device: str) -> np.ndarray:
+def _encode_captions(index: Index, caption_set: CaptionSet, model: str | None, device: str) -> np.ndarray:
+    """Encode the caption texts and count in the report those the encoder truncates."""
     from grdr_core.search import load_query_encoder
 
+    texts = caption_set.texts or []
     encoder = load_query_encoder(index, model=model, device=device)
+    lengths = encoder.count_text_tokens(texts)
+    caption_set.report.truncated = sum(length > encoder.max_text_tokens for length in lengths)
+    if caption_set.report.truncated:
+        logger.info(
+            "%d of %d captions exceed the text encoder's %d tokens and are truncated (longest: %d tokens)",
+            caption_set.report.truncated, len(texts), encoder.max_text_tokens, max(lengths),
+        )
     blocks = [encoder.encode_text(texts[i : i + TEXT_BATCH]) for i in range(0, len(texts), TEXT_BATCH)]
     return np.concatenate(blocks).astype(np.float32)
 

@@ -9,7 +9,7 @@ import pyarrow.compute as pc
 import pytest
 from click.testing import CliRunner
 
-from grdr_core.build import BuildConfig, build_index
+from grdr_core.build import BuildConfig, BuildSummary, build_index
 from grdr_core.decode import DecodeConfig
 from grdr_core.errors import IndexExistsError, NothingIndexedError
 from grdr_core.features import ClipEncoder, EncoderConfig
@@ -77,7 +77,7 @@ def test_build_records_every_file(mixed_index):
     assert len(by_id) == 10
     assert summary.indexed + summary.failed == summary.discovered
     assert by_id["empty.mp4"]["status"] == VideoStatus.EMPTY_FILE.value
-    assert by_id["garbage.avi"]["status"] == VideoStatus.DECODE_ERROR.value
+    assert by_id["garbage.avi"]["status"] == VideoStatus.UNKNOWN_FORMAT.value
     assert by_id["audio_only.mkv"]["status"] == VideoStatus.NO_VIDEO_STREAM.value
     assert "group0/clip0.mp4" in by_id
     assert "same_name/clip0.mp4" in by_id
@@ -106,6 +106,8 @@ def test_build_metadata_of_generated_video(mixed_index):
     row = next(r for r in read_manifest(out / "manifest").to_pylist() if r["video_id"] == "group1/clip3.mp4")
     assert row["width"] == 112
     assert row["height"] == 48
+    assert (row["coded_width"], row["coded_height"], row["rotation"]) == (112, 48, 0)
+    assert row["uri_bytes"] is None
     assert row["num_frames"] == 22
     assert row["fps"] == pytest.approx(10.0)
     assert row["duration_s"] == pytest.approx(2.2, abs=0.2)
@@ -131,7 +133,7 @@ def test_inspect_report(mixed_index):
     index = open_index(out)
     report = index_report(index)
 
-    assert report["videos"]["by_status"] == {"decode_error": 1, "empty_file": 1, "no_video_stream": 1, "ok": 7}
+    assert report["videos"]["by_status"] == {"empty_file": 1, "no_video_stream": 1, "ok": 7, "unknown_format": 1}
     ids = report["semantic_ids"]
     assert ids["levels"] == 2
     assert 1 <= ids["distinct_ids"] <= 7
@@ -218,6 +220,7 @@ def test_cli_build_inspect_search(mixed_folder, tiny_clip_dir, tmp_path):
     result = runner.invoke(cli, ["build", str(mixed_folder), "--out", str(out), *common])
     assert result.exit_code == 0, result.output
     assert "10 files discovered, 7 indexed, 3 failed" in result.stdout
+    assert result.stdout.splitlines()[-1].split() == ["total", "10"]
 
     result = runner.invoke(cli, ["inspect", str(out), "--json"])
     assert result.exit_code == 0, result.output
@@ -279,11 +282,18 @@ def test_overwrite_never_deletes_what_is_not_an_index(mixed_folder, tiny_clip_di
     folder.mkdir()
     (folder / "chapter1.tex").write_text("keep me")
 
-    for out in (file_path, folder):
+    # A folder that merely holds a file named index.json is not an index either.
+    lookalike = tmp_path / "lookalike"
+    lookalike.mkdir()
+    (lookalike / "index.json").write_text("{}")
+    (lookalike / "precious.txt").write_text("keep me")
+
+    for out in (file_path, folder, lookalike):
         with pytest.raises(IndexExistsError, match="not a grdr index"):
             build_index(_config(mixed_folder, out, tiny_clip_dir, overwrite=True), encoder=encoder)
     assert file_path.read_text() == "not an index"
     assert (folder / "chapter1.tex").read_text() == "keep me"
+    assert (lookalike / "precious.txt").read_text() == "keep me"
 
 
 def test_output_cannot_be_the_input_or_contain_it(mixed_folder, tiny_clip_dir, encoder):
@@ -299,3 +309,45 @@ def test_index_files_are_readable_by_others(mixed_index):
     out, _ = mixed_index
     for path in out.rglob("*"):
         assert path.stat().st_mode & 0o044, path
+
+
+def test_status_table_lists_every_status():
+    summary = BuildSummary(Path("out"), 6, 3, {"ok": 3, "truncated": 2, "empty_file": 1}, 1.0)
+
+    assert summary.status_table().splitlines() == [
+        "status        files",
+        "ok                3",
+        "truncated         2",
+        "empty_file        1",
+        "total             6",
+    ]
+
+
+def test_cli_decode_limits_apply(mixed_folder, tiny_clip_dir, tmp_path):
+    command = ["build", str(mixed_folder), "--out", str(tmp_path / "i"), "--model", str(tiny_clip_dir), "--workers", "1"]
+
+    result = CliRunner().invoke(cli, [*command, "--max-pixels", "1000"])
+
+    assert isinstance(result.exception, NothingIndexedError)
+    assert "too_large: 7" in str(result.exception)
+
+
+def test_failure_logs_are_capped_per_status(caplog, monkeypatch):
+    import grdr_core.build as build_module
+    from grdr_core.discovery import VideoFile
+
+    monkeypatch.setattr(build_module, "MAX_LOGGED_FAILURES_PER_STATUS", 2)
+    file = VideoFile(video_id="a.mp4", uri="/data/a.mp4", size_bytes=0, fingerprint="x", path="/data/a.mp4")
+
+    with caplog.at_level("WARNING", logger="grdr_core.build"):
+        for earlier in range(5):
+            build_module._log_failure(file, "truncated", "cut short", earlier)
+        build_module._log_failure(file, "empty_file", "0 bytes", 0)
+
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages == [
+        "Failed to index /data/a.mp4: truncated: cut short",
+        "Failed to index /data/a.mp4: truncated: cut short",
+        "3 files failed with status truncated; further ones are recorded in the manifest without a log line",
+        "Failed to index /data/a.mp4: empty_file: 0 bytes",
+    ]

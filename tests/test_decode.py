@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -11,12 +12,14 @@ import numpy as np
 import pytest
 
 import grdr_core.decode as decode_module
+from grdr_core.containers import find_truncation, sniff_container
 from grdr_core.decode import (
     DecodeConfig,
     DecodedVideo,
     DecodePool,
     decode_video,
     sample_frame_indices,
+    sample_frame_times,
     scaled_size,
 )
 from grdr_core.errors import InvalidInputError, VideoDecodeError
@@ -99,6 +102,36 @@ def test_sample_indices_reject_zero():
         sample_frame_indices(10, 0)
 
 
+def test_sample_times_equal_indices_at_constant_rate():
+    for frame_count in range(1, 80):
+        for num_samples in (1, 2, 7, 12, 50):
+            for fps in (10, 29.97):
+                # decord gives timestamps as float32, so rounding must not move a pick.
+                starts = (np.arange(frame_count) / fps).astype(np.float32)
+                picked = sample_frame_times(starts, frame_count / fps, num_samples)
+                assert picked == sample_frame_indices(frame_count, num_samples), (frame_count, num_samples, fps)
+
+
+def test_sample_times_hold_frame_through_gap():
+    starts = np.array([0.0, 0.1, 0.2, 2.0, 2.1, 2.2, 2.3])
+
+    # Centres of 4 segments of [0, 2.4): 0.3, 0.9, 1.5 and 2.1 s. Frame 2 is on screen until 2.0 s.
+    assert sample_frame_times(starts, 2.4, 4) == [2, 2, 2, 4]
+    assert sample_frame_indices(7, 4) == [0, 2, 4, 6]
+
+
+@pytest.mark.parametrize(
+    "starts, end",
+    [([0.0, float("nan"), 0.2], 0.3), ([0.0, 0.2, 0.1], 0.3), ([0.5, 0.5, 0.5], 0.5), ([0.0, 0.1], float("inf"))],
+)
+def test_sample_times_reject_unusable(starts, end):
+    assert sample_frame_times(np.array(starts), end, 3) is None
+
+
+def test_sample_times_single_frame_without_duration():
+    assert sample_frame_times(np.array([4.0]), 4.0, 12) == [0]
+
+
 def test_scaled_size_keeps_aspect():
     assert scaled_size(640, 360, 224) == (398, 224)
     assert scaled_size(360, 640, 224) == (224, 398)
@@ -120,6 +153,12 @@ def test_scaled_size_never_upscales():
         {"timeout_s": 0},
         {"timeout_s": -1.0},
         {"timeout_s": float("nan")},
+        {"max_pixels": 0},
+        {"max_pixels": True},
+        {"max_pixels": 1.5},
+        {"max_duration_s": 0},
+        {"max_duration_s": -3.0},
+        {"max_duration_s": float("nan")},
     ],
 )
 def test_decode_config_rejects_invalid(kwargs):
@@ -216,24 +255,26 @@ def test_audio_track_is_ignored(tmp_path):
 
 def test_pyav_counts_packets_without_header_count(tmp_path):
     path = str(write_test_video(tmp_path / "uncounted.mp4", frames=20, fps=10))
-    probe = dataclasses.replace(decode_module._probe_stream(path), num_frames=None, duration_s=None)
+    config = DecodeConfig(num_frames=5)
+    probe = dataclasses.replace(decode_module._probe_stream(path, config), num_frames=None, duration_s=None)
 
-    frames, frame_count, duration_s = decode_module._read_with_pyav(path, probe, 64, 48, 5, "not used")
+    sampled = decode_module._read_with_pyav(path, probe, 64, 48, config, "not used")
 
-    assert frame_count == 20
-    assert duration_s == pytest.approx(2.0)
-    indices = [frame_index_from_red(frame[24, 32, 0]) for frame in frames]
+    assert sampled.frame_count == 20
+    assert sampled.duration_s == pytest.approx(2.0)
+    indices = [frame_index_from_red(frame[24, 32, 0]) for frame in sampled.frames]
     assert indices == sample_frame_indices(20, 5)
 
 
-def test_pyav_resamples_when_header_overcounts(tmp_path):
+def test_pyav_ignores_header_overcount(tmp_path):
     path = str(write_test_video(tmp_path / "overcounted.mp4", frames=20))
-    probe = dataclasses.replace(decode_module._probe_stream(path), num_frames=40)
+    config = DecodeConfig(num_frames=8)
+    probe = dataclasses.replace(decode_module._probe_stream(path, config), num_frames=40)
 
-    frames, frame_count, _ = decode_module._read_with_pyav(path, probe, 64, 48, 8, "not used")
+    sampled = decode_module._read_with_pyav(path, probe, 64, 48, config, "not used")
 
-    assert frame_count == 20
-    indices = [frame_index_from_red(frame[24, 32, 0]) for frame in frames]
+    assert sampled.frame_count == 20
+    indices = [frame_index_from_red(frame[24, 32, 0]) for frame in sampled.frames]
     assert indices == sample_frame_indices(20, 8)
 
 
@@ -256,15 +297,94 @@ def test_zero_byte_file_is_empty_file(tmp_path):
     assert info.value.status == VideoStatus.EMPTY_FILE.value
 
 
-def test_garbage_bytes_is_decode_error(tmp_path):
+def test_garbage_bytes_is_unknown_format(tmp_path):
     path = tmp_path / "garbage.mp4"
     path.write_bytes(np.random.default_rng(0).integers(0, 256, size=8192, dtype=np.uint8).tobytes())
 
     with pytest.raises(VideoDecodeError) as info:
         decode_video(str(path), DecodeConfig())
 
-    assert info.value.status == VideoStatus.DECODE_ERROR.value
+    assert info.value.status == VideoStatus.UNKNOWN_FORMAT.value
     assert "garbage.mp4" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "name, codec",
+    [("clip.mp4", "mpeg4"), ("clip.mov", "mpeg4"), ("clip.mkv", "mpeg4"), ("clip.webm", "libvpx-vp9"), ("clip.avi", "mpeg4")],
+)
+def test_truncation_found_in_container(tmp_path, name, codec):
+    data = write_test_video(tmp_path / name, frames=10, codec=codec).read_bytes()
+    cut = tmp_path / f"cut_{name}"
+    cut.write_bytes(data[:-100])
+
+    with open(tmp_path / name, "rb") as f:
+        assert find_truncation(f, len(data)) is None
+    with open(cut, "rb") as f:
+        reason = find_truncation(f, len(data) - 100)
+    error = _decode_error_of(cut)
+
+    assert reason is not None
+    assert f"the file has {len(data) - 100}" in reason
+    assert error.status == VideoStatus.TRUNCATED.value
+    assert reason in str(error)
+
+
+@pytest.mark.parametrize(
+    "head, expected",
+    [
+        (b"\x00\x00\x00\x20ftypisom", "ISO BMFF (MP4/MOV)"),
+        (b"\x00\x00\x00\x08free\x00\x00\x00\x08mdat", "ISO BMFF (MP4/MOV)"),
+        (b"\x1a\x45\xdf\xa3\x9f", "Matroska/WebM"),
+        (b"RIFF\x00\x10\x00\x00AVI LIST", "AVI"),
+        (b"OggS\x00\x02", "Ogg"),
+        (b"\x00\x00\x01\xba\x44", "MPEG program stream"),
+        (b"\x47" + b"\x00" * 187 + b"\x47" + b"\x00" * 10, "MPEG transport stream"),
+        (b"These are meeting notes", None),
+        (b"", None),
+    ],
+)
+def test_sniff_container(head, expected):
+    assert sniff_container(head) == expected
+
+
+def test_damaged_known_container_is_decode_error(tmp_path):
+    path = tmp_path / "no_moov.mp4"
+    # A complete ftyp box and an mdat of random bytes: an MP4 without its moov box.
+    mdat = np.random.default_rng(0).integers(0, 256, 4000, dtype=np.uint8).tobytes()
+    path.write_bytes(b"\x00\x00\x00\x10ftypisom\x00\x00\x02\x00" + (8 + len(mdat)).to_bytes(4, "big") + b"mdat" + mdat)
+
+    error = _decode_error_of(path)
+
+    assert error.status == VideoStatus.DECODE_ERROR.value
+    assert "starts like ISO BMFF" in str(error)
+
+
+def test_fifo_is_read_error_without_blocking(tmp_path):
+    path = tmp_path / "pipe.mp4"
+    os.mkfifo(path)
+
+    error = _decode_error_of(path)
+
+    assert error.status == VideoStatus.READ_ERROR.value
+    assert "not a regular file" in str(error)
+
+
+def test_size_limits_checked_before_decoding(tmp_path):
+    path = write_test_video(tmp_path / "wide.mp4", frames=30, width=640, height=360, fps=10)
+
+    pixels = _decode_error_of(path, DecodeConfig(max_pixels=640 * 360 - 1))
+    duration = _decode_error_of(path, DecodeConfig(max_duration_s=2.5))
+
+    assert pixels.status == duration.status == VideoStatus.TOO_LARGE.value
+    assert "640x360 = 230400 pixels per frame" in str(pixels)
+    assert "lasts 3.0 s, longer than the limit of 2.5 s" in str(duration)
+    assert decode_video(str(path), DecodeConfig(max_pixels=640 * 360, max_duration_s=3.0)).frames.shape[0] == 12
+
+
+def _decode_error_of(path: Path, config: DecodeConfig | None = None) -> VideoDecodeError:
+    with pytest.raises(VideoDecodeError) as info:
+        decode_video(str(path), config or DecodeConfig())
+    return info.value
 
 
 def test_missing_file_is_read_error(tmp_path):
@@ -433,7 +553,7 @@ def test_pool_mixed_inputs_in_order(pool_videos):
         "ok",
         "empty_file",
         "ok",
-        "decode_error",
+        "unknown_format",
         "no_video_stream",
         "read_error",
         "ok",
@@ -520,6 +640,7 @@ def test_pool_stops_early_without_hanging(pool_videos):
         {"workers": 0},
         {"workers": 2, "max_in_flight": 0},
         {"workers": 2, "decode_fn": lambda path, config: None},
+        {"workers": 2, "tasks_per_worker": 0},
     ],
 )
 def test_pool_rejects_invalid_arguments(kwargs):

@@ -1,8 +1,9 @@
+import os
 from pathlib import Path
 
 import pytest
 
-from grdr_core.discovery import discover_videos, fingerprint_file
+from grdr_core.discovery import discover_videos, fingerprint_file, path_text
 from grdr_core.errors import InvalidInputError
 
 
@@ -93,3 +94,49 @@ def test_folder_symlinks_are_skipped_with_a_log_line(tmp_path, caplog):
 
     assert ids == ["a.mp4", "file_link.mp4"]
     assert any("linked" in r.getMessage() and "not followed" in r.getMessage() for r in caplog.records)
+
+
+def test_undecodable_name_gets_utf8_id_and_raw_bytes(tmp_path):
+    raw = os.path.join(os.fsencode(tmp_path), b"caf\xe9.mp4")
+    with open(raw, "wb") as f:
+        f.write(b"x")
+
+    (video,) = discover_videos(tmp_path)
+
+    assert video.video_id == "caf\\xe9.mp4"
+    assert video.uri.endswith("/caf\\xe9.mp4")
+    assert video.uri.encode("utf-8")  # valid UTF-8, or this raises
+    assert video.uri_bytes == os.fsencode(video.path)
+    assert os.path.samefile(video.uri_bytes, raw)
+
+
+def test_valid_names_keep_their_text(tmp_path):
+    _touch(tmp_path / "vidéo 视频.mp4")
+    _touch(tmp_path / "-dash.mp4")
+
+    videos = discover_videos(tmp_path)
+
+    assert [v.video_id for v in videos] == ["-dash.mp4", "vidéo 视频.mp4"]
+    assert all(v.uri_bytes is None and v.uri == v.path for v in videos)
+
+
+@pytest.mark.parametrize("name, expected", [("a.mp4", ("a.mp4", None)), ("caf\udce9.mp4", ("caf\\xe9.mp4", b"caf\xe9.mp4"))])
+def test_path_text(name, expected):
+    assert path_text(name) == expected
+
+
+def test_fifo_is_listed_without_opening(tmp_path):
+    os.mkfifo(tmp_path / "pipe.mp4")
+    _touch(tmp_path / "real.mp4")
+
+    videos = discover_videos(tmp_path)  # opening the FIFO would block here
+
+    assert [(v.video_id, v.fingerprint) for v in videos] == [("pipe.mp4", "not-a-regular-file"), ("real.mp4", fingerprint_file(tmp_path / "real.mp4", 1))]
+
+
+def test_broken_link_is_listed_as_unreadable(tmp_path):
+    (tmp_path / "gone.mp4").symlink_to(tmp_path / "missing.mp4")
+
+    (video,) = discover_videos(tmp_path)
+
+    assert (video.video_id, video.size_bytes, video.fingerprint) == ("gone.mp4", -1, "unreadable")
