@@ -10,7 +10,9 @@ import numpy as np
 
 from grdr_core.errors import InvalidInputError, ModelLoadError
 from grdr_core.index import Index
+from grdr_core.query_checks import MAX_K, check_query_text
 from grdr_core.shards import ShardReader
+from grdr_schemas.index import PRECOMPUTED_PREFIX
 
 if TYPE_CHECKING:  # torch and transformers load only when an encoder is needed
     from grdr_core.features import ClipEncoder
@@ -68,6 +70,12 @@ def load_query_encoder(index: Index, model: str | None = None, device: str = "cp
     from grdr_core.features import ClipEncoder, EncoderConfig
 
     recorded = index.header["encoder"]
+    if model is None and str(recorded.get("checksum", "")).startswith(PRECOMPUTED_PREFIX):
+        raise ModelLoadError(
+            f"Index {index.layout.root} was built from precomputed embeddings ({recorded['name']}) and stores no "
+            "text encoder; query it with embeddings from the same model (Searcher.search_embeddings, or "
+            "grdr-index eval with an embedding queries file)"
+        )
     encoder = ClipEncoder(EncoderConfig(model=model or recorded["name"], device=device))
     if encoder.checksum != recorded["checksum"]:
         raise ModelLoadError(
@@ -79,8 +87,9 @@ def load_query_encoder(index: Index, model: str | None = None, device: str = "cp
 
 def search_text(index: Index, encoder: ClipEncoder, text: str, k: int) -> list[SearchHit]:
     """Encode ``text`` with the CLIP text tower and return the ``k`` nearest videos."""
-    if not text.strip():
-        raise InvalidInputError("The query text is empty")
+    check_query_text(text)
+    if not 1 <= k <= MAX_K:
+        raise InvalidInputError(f"k must be an integer in [1, {MAX_K}], got {k!r}")
     query = encoder.encode_text([text])
     ordinals, scores = exact_dense_search(index.shards, query, k)
     return hits_for(index, ordinals[0], scores[0])

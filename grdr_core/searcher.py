@@ -17,6 +17,7 @@ import numpy as np
 
 from grdr_core.errors import IndexFormatError, InvalidInputError
 from grdr_core.index import Index, open_index
+from grdr_core.query_checks import check_query_limits, check_query_text
 from grdr_core.recall import beam_search, candidates_from_ids
 from grdr_core.retriever_runtime import RetrieverRuntime
 from grdr_core.search import SearchHit, hits_for
@@ -28,14 +29,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_BEAM = 20
 DEFAULT_MAX_CANDIDATES = 300
-# Upper limits of the query parameters, so that one query's cost stays bounded: beam
-# search time grows with the beam, and rerank time with the candidate cap.
-MAX_K = 10_000
-MAX_BEAM = 1_000
-MAX_CANDIDATES = 100_000
-# Longer query texts are rejected before tokenizing. The text encoder truncates shorter
-# ones to its context (77 tokens for CLIP).
-MAX_QUERY_CHARS = 10_000
+
 
 
 @dataclass(frozen=True)
@@ -55,7 +49,8 @@ class Searcher:
             self.index.close()
             raise IndexFormatError(
                 f"Index {self.index.layout.root} has {tokenizer['name']} semantic IDs but no trained retriever; "
-                f"run `grdr-index train {self.index.layout.root} --captions FILE` before querying, "
+                f"run `grdr-index train {self.index.layout.root} --captions FILE` (or `--caption-embeddings FILE` "
+                "for an index of precomputed embeddings) before querying, "
                 "or use `grdr-index search` for exact dense search"
             )
         self.retriever = RetrieverRuntime.load(self.index.layout.model_dir)
@@ -90,8 +85,10 @@ class Searcher:
         if isinstance(texts, str):
             raise InvalidInputError("search_batch takes a sequence of query strings, not one string")
         for position, text in enumerate(texts):
-            check_query_text(text, position)
+            check_query_text(text, position if len(texts) > 1 else None)
         check_query_limits(k, beam, max_candidates)
+        if len(texts) == 0:
+            return []
         encoder = self.encoder  # loads the model on first use, outside the timed encode
         started = time.perf_counter()
         queries = encoder.encode_text(list(texts))
@@ -104,14 +101,25 @@ class Searcher:
     ) -> list[QueryResult]:
         """Answer ``(B, D)`` query embeddings from the index's query encoder.
 
-        Each result holds at most ``min(k, candidates)`` hits.
+        Queries are L2-normalised first. Each result holds at most ``min(k, candidates)`` hits.
         """
         check_query_limits(k, beam, max_candidates)
-        queries = np.atleast_2d(np.asarray(queries, dtype=np.float32))
+        queries = np.asarray(queries)
+        if queries.dtype.kind != "f":
+            raise InvalidInputError(f"Query embeddings must be floating point, got dtype {queries.dtype}")
+        queries = np.atleast_2d(queries.astype(np.float32))
         if queries.ndim != 2 or queries.shape[1] != self.index.shards.dim:
             raise InvalidInputError(f"Query embeddings have shape {queries.shape}, but this index stores {self.index.shards.dim}-dimensional embeddings")
-        if not np.isfinite(queries).all():
+        if len(queries) == 0:
+            return []
+        norms = np.linalg.norm(queries.astype(np.float64), axis=1)
+        if not np.isfinite(norms).all():
             raise InvalidInputError("Query embeddings contain NaN or infinite values")
+        if (norms == 0).any():
+            raise InvalidInputError(f"Query embedding {int(np.flatnonzero(norms == 0)[0])} is all zeros")
+        # Stored embeddings are unit vectors, so unit queries make rerank scores cosines,
+        # and recall does not depend on a query's length.
+        queries = (queries / norms[:, None]).astype(np.float32)
 
         started = time.perf_counter()
         decoded = beam_search(self.retriever, self.index.trie, queries, beam)
@@ -125,34 +133,6 @@ class Searcher:
             results.append((hits_for(self.index, ordinals, scores), len(pool)))
         rerank_ms = (time.perf_counter() - started) * 1000 / len(queries)
         return [QueryResult(hits, count, {"recall": recall_ms, "rerank": rerank_ms}) for hits, count in results]
-
-
-def check_query_text(text: object, position: int = 0) -> None:
-    """Raise ``InvalidInputError`` for a query that is not a usable text.
-
-    Rejected: non-strings, empty or whitespace-only texts, texts of more than
-    ``MAX_QUERY_CHARS`` characters, and texts that cannot be encoded as UTF-8 (lone
-    surrogates, which is how Python passes on command-line bytes that are not UTF-8).
-    """
-    if not isinstance(text, str):
-        raise InvalidInputError(f"Query {position} is a {type(text).__name__}, expected a string")
-    if not text.strip():
-        raise InvalidInputError(f"Query {position} is empty or only whitespace")
-    if len(text) > MAX_QUERY_CHARS:
-        raise InvalidInputError(f"Query {position} has {len(text)} characters; the maximum is {MAX_QUERY_CHARS}")
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise InvalidInputError(
-            f"Query {position} is not valid UTF-8 text (invalid character at position {exc.start}); pass the query in UTF-8"
-        ) from None
-
-
-def check_query_limits(k: int, beam: int, max_candidates: int) -> None:
-    """Raise ``InvalidInputError`` when ``k``, ``beam`` or ``max_candidates`` is out of range."""
-    for name, value, maximum in (("k", k, MAX_K), ("beam", beam, MAX_BEAM), ("max_candidates", max_candidates, MAX_CANDIDATES)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 1 <= value <= maximum:
-            raise InvalidInputError(f"{name} must be an integer in [1, {maximum}], got {value!r}")
 
 
 def rerank(index: Index, query: np.ndarray, candidates: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

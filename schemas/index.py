@@ -6,6 +6,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 INDEX_FORMAT_VERSION = 1
+# In an index of precomputed embeddings, the encoder checksum in ``index.json`` is this
+# prefix plus the encoder name given at build time. Such an index has no text encoder.
+PRECOMPUTED_PREFIX = "precomputed:"
 
 
 @dataclass(frozen=True)

@@ -185,6 +185,52 @@ def test_nan_query_embedding_is_rejected(trained_index):
             searcher.search_embeddings(query)
 
 
+def test_query_embeddings_are_normalised(trained_index, corpus):
+    index_dir, _ = trained_index
+    queries = corpus.caption_embeddings[:5]
+    with Searcher(index_dir) as searcher:
+        unit = searcher.search_embeddings(queries, beam=3, max_candidates=20)
+        scaled = searcher.search_embeddings(queries * np.array([[0.01], [3.0], [1.0], [250.0], [0.5]], np.float32), beam=3, max_candidates=20)
+    for a, b in zip(unit, scaled):
+        assert [h.ordinal for h in a.hits] == [h.ordinal for h in b.hits]
+        np.testing.assert_allclose([h.score for h in a.hits], [h.score for h in b.hits], atol=1e-5)
+        assert all(h.score <= 1.0 + 1e-5 for h in b.hits)
+
+
+@pytest.mark.parametrize(
+    "queries, message",
+    [
+        (np.zeros((2, 32), np.float32), "Query embedding 0 is all zeros"),
+        (np.ones((1, 32), np.int64), "must be floating point"),
+    ],
+)
+def test_unusable_query_embeddings_are_rejected(trained_index, queries, message):
+    index_dir, _ = trained_index
+    with Searcher(index_dir) as searcher:
+        with pytest.raises(InvalidInputError, match=message):
+            searcher.search_embeddings(queries)
+
+
+def test_empty_query_batches_return_nothing(trained_index):
+    index_dir, _ = trained_index
+    with Searcher(index_dir) as searcher:
+        assert searcher.search_embeddings(np.zeros((0, 32), np.float32)) == []
+        assert searcher.search_batch([]) == []
+
+
+def test_text_search_on_precomputed_index_is_rejected(trained_index):
+    from grdr_core.index import open_index
+    from grdr_core.search import load_query_encoder
+
+    index_dir, _ = trained_index
+    index = open_index(index_dir)
+    try:
+        with pytest.raises(ModelLoadError, match="precomputed embeddings .* stores no text encoder"):
+            load_query_encoder(index)
+    finally:
+        index.close()
+
+
 def test_k_above_candidates_returns_all_candidates(trained_index, corpus):
     index_dir, _ = trained_index
     with Searcher(index_dir) as searcher:

@@ -1,0 +1,50 @@
+"""Checks of query input shared by the query library and the CLI.
+
+Imports nothing beyond the standard library and the error types, so that the CLI can
+use the limits in its option types without loading NumPy.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+from grdr_core.errors import InvalidInputError
+
+# Upper limits of the query parameters, so that one query's cost stays bounded: beam
+# search time grows with the beam, and rerank time with the candidate cap.
+MAX_K = 10_000
+MAX_BEAM = 1_000
+MAX_CANDIDATES = 100_000
+# Longer query texts are rejected before tokenizing. The text encoder truncates shorter
+# ones to its context (77 tokens for CLIP).
+MAX_QUERY_CHARS = 10_000
+
+
+def check_query_text(text: object, position: int | None = None) -> None:
+    """Raise ``InvalidInputError`` for a query that is not a usable text.
+
+    Rejected: non-strings, empty or whitespace-only texts, texts of more than
+    ``MAX_QUERY_CHARS`` characters, and texts that cannot be encoded as UTF-8 (lone
+    surrogates, which is how Python passes on command-line bytes that are not UTF-8).
+    ``position`` names the query in a batch in the message.
+    """
+    query = "The query" if position is None else f"Query {position}"
+    if not isinstance(text, str):
+        raise InvalidInputError(f"{query} is a {type(text).__name__}, expected a string")
+    if not text.strip():
+        raise InvalidInputError(f"{query} is empty or only whitespace")
+    if len(text) > MAX_QUERY_CHARS:
+        raise InvalidInputError(f"{query} has {len(text)} characters; the maximum is {MAX_QUERY_CHARS}")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidInputError(
+            f"{query} is not valid UTF-8 text (invalid character at position {exc.start}); pass the query in UTF-8"
+        ) from None
+
+
+def check_query_limits(k: int, beam: int, max_candidates: int) -> None:
+    """Raise ``InvalidInputError`` when ``k``, ``beam`` or ``max_candidates`` is out of range."""
+    for name, value, maximum in (("k", k, MAX_K), ("beam", beam, MAX_BEAM), ("max_candidates", max_candidates, MAX_CANDIDATES)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not 1 <= value <= maximum:
+            raise InvalidInputError(f"{name} must be an integer in [1, {maximum}], got {value!r}")
