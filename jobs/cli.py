@@ -12,6 +12,7 @@ from pathlib import Path
 import click
 
 from grdr_core.errors import GrdrError
+from grdr_core.query_checks import MAX_BEAM, MAX_CANDIDATES, MAX_K
 
 logger = logging.getLogger("grdr_jobs.cli")
 
@@ -39,33 +40,60 @@ def cli(verbose: bool) -> None:
 
 
 @cli.command()
-@click.argument("input_dir", type=click.Path(path_type=Path))
+@click.argument("input_dir", required=False, type=click.Path(path_type=Path))
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Directory to publish the index at.")
+@click.option("--features", "features_path", default=None, type=click.Path(path_type=Path), help="Precomputed video embeddings to index instead of INPUT_DIR: Parquet (video_id, embedding) or .npy.")
+@click.option("--ids", "ids_path", default=None, type=click.Path(path_type=Path), help="Video ids of a .npy --features file, one per line, line i naming row i [default: NAME.ids.txt beside NAME.npy].")
+@click.option("--encoder-name", default=None, help="Model that produced the --features embeddings, recorded in index.json; queries must come from the same model [default: unknown].")
 @click.option("--model", default=None, help="CLIP model: Hugging Face hub name or local directory [default: openai/clip-vit-base-patch32].")
 @click.option("--device", default="cpu", show_default=True, help='Torch device for the image encoder, e.g. "cpu" or "cuda".')
 @click.option("--frames", "num_frames", default=12, show_default=True, type=click.IntRange(min=1), help="Frames sampled uniformly per video.")
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1), help="Frames per encoder forward pass.")
 @click.option("--workers", default=None, type=click.IntRange(min=1), help="Decoder worker processes [default: number of CPUs].")
 @click.option("--timeout", "timeout_s", default=120.0, show_default=True, type=click.FloatRange(min=0, min_open=True), help="Wall-clock limit per video decode, in seconds.")
+@click.option("--max-pixels", default=None, type=click.IntRange(min=0), help="Pixels per frame (coded width x height) above which a video gets status too_large; 0 for no limit [default: 7680x4320 = 33177600].")
+@click.option("--max-duration", "max_duration_s", default=None, type=click.FloatRange(min=0), help="Duration in seconds above which a video gets status too_large; 0 for no limit [default: 14400, four hours].")
 @click.option("--levels", default=3, show_default=True, type=click.IntRange(min=1), help="Semantic-ID levels (residual quantization depth).")
 @click.option("--codes", "codes_per_level", default=128, show_default=True, type=click.IntRange(min=1, max=65535), help="Codes per level; fewer are used for small corpora.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the quantizer's k-means.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing index at --out.")
 def build(
-    input_dir: Path,
+    input_dir: Path | None,
     out_dir: Path,
+    features_path: Path | None,
+    ids_path: Path | None,
+    encoder_name: str | None,
     model: str | None,
     device: str,
     num_frames: int,
     batch_size: int,
     workers: int | None,
     timeout_s: float,
+    max_pixels: int | None,
+    max_duration_s: float | None,
     levels: int,
     codes_per_level: int,
     seed: int,
     overwrite: bool,
 ) -> None:
-    """Index every video under INPUT_DIR and publish the index at --out."""
+    """Index every video under INPUT_DIR, or the embeddings in --features, and publish the index at --out.
+
+    With --features FILE no video is decoded. A Parquet file needs the columns
+    video_id (string) and embedding (a list of float16, float32 or float64 values,
+    the same length in every row). A .npy file contains a 2-D float array, and its ids
+    come from --ids. Rows whose embedding is null, not finite or all zeros are recorded
+    in the manifest with status invalid_embedding and are not indexed.
+    """
+    if (input_dir is None) == (features_path is None):
+        raise click.UsageError("Give exactly one of INPUT_DIR (a folder of videos) and --features FILE (precomputed embeddings).")
+    if features_path is not None:
+        _reject_video_options(click.get_current_context())
+        _build_from_features(features_path, ids_path, encoder_name, out_dir, levels, codes_per_level, seed, overwrite)
+        return
+    for name, value in (("--ids", ids_path), ("--encoder-name", encoder_name)):
+        if value is not None:
+            raise click.UsageError(f"{name} applies only to --features builds.")
+
     from tqdm import tqdm
     from tqdm.contrib.logging import logging_redirect_tqdm
 
@@ -78,7 +106,7 @@ def build(
     config = BuildConfig(
         input_root=input_dir,
         out_dir=out_dir,
-        decode=DecodeConfig(num_frames=num_frames, timeout_s=timeout_s),
+        decode=DecodeConfig(num_frames=num_frames, timeout_s=timeout_s, **_decode_limits(max_pixels, max_duration_s)),
         encoder=EncoderConfig(model=model or DEFAULT_MODEL, device=device, batch_size=batch_size),
         quantizer=QuantizerConfig(levels=levels, codes_per_level=codes_per_level, seed=seed),
         workers=workers or max(1, os.cpu_count() or 1),
@@ -97,6 +125,51 @@ def build(
             bar.refresh()
 
         summary = build_index(config, progress=lambda file, status: bar.update(1), on_discovered=set_total)
+    click.echo(f"Indexed {summary.out_dir}: {summary.describe()}")
+    click.echo(summary.status_table())
+
+
+def _decode_limits(max_pixels: int | None, max_duration_s: float | None) -> dict[str, int | float | None]:
+    """Return the DecodeConfig limits that were given on the command line; 0 turns a limit off."""
+    limits: dict[str, int | float | None] = {}
+    if max_pixels is not None:
+        limits["max_pixels"] = max_pixels or None
+    if max_duration_s is not None:
+        limits["max_duration_s"] = max_duration_s or None
+    return limits
+
+
+# Options of a build from videos that a build from --features has no use for.
+VIDEO_ONLY_OPTIONS = ("model", "device", "num_frames", "batch_size", "workers", "timeout_s", "max_pixels", "max_duration_s")
+
+
+def _reject_video_options(ctx: click.Context) -> None:
+    for param in ctx.command.params:
+        if param.name in VIDEO_ONLY_OPTIONS and ctx.get_parameter_source(param.name) != click.core.ParameterSource.DEFAULT:
+            raise click.UsageError(f"{param.opts[0]} applies only to builds from videos; --features embeddings are indexed as given.")
+
+
+def _build_from_features(
+    features_path: Path,
+    ids_path: Path | None,
+    encoder_name: str | None,
+    out_dir: Path,
+    levels: int,
+    codes_per_level: int,
+    seed: int,
+    overwrite: bool,
+) -> None:
+    from grdr_core.embedding_index import build_index_from_features
+    from grdr_core.quantize import QuantizerConfig
+
+    summary = build_index_from_features(
+        features_path,
+        out_dir,
+        encoder_name=encoder_name or "unknown",
+        ids_path=ids_path,
+        quantizer=QuantizerConfig(levels=levels, codes_per_level=codes_per_level, seed=seed),
+        overwrite=overwrite,
+    )
     click.echo(f"Indexed {summary.out_dir}: {summary.describe()}")
 
 
@@ -118,8 +191,29 @@ def inspect(index_dir: Path, as_json: bool) -> None:
 
 @cli.command()
 @click.argument("index_dir", type=click.Path(path_type=Path))
+def verify(index_dir: Path) -> None:
+    """Check every file of an index against the sizes and SHA-256 sums in its index.json.
+
+    Prints one line per missing, truncated or corrupted file and exits with status 1
+    when there is any. Opening an index checks only sizes and the small files.
+    """
+    from grdr_core.errors import IndexFormatError
+    from grdr_core.verify import verify_index
+
+    report = verify_index(index_dir)
+    for problem in report.problems:
+        click.echo(problem.describe())
+    for name in report.unlisted:
+        click.echo(f"{name}: not listed in index.json (not checked)")
+    if not report.ok:
+        raise IndexFormatError(report.describe())
+    click.echo(report.describe())
+
+
+@cli.command()
+@click.argument("index_dir", type=click.Path(path_type=Path))
 @click.argument("text")
-@click.option("-k", "k", default=10, show_default=True, type=click.IntRange(min=1), help="Number of results.")
+@click.option("-k", "k", default=10, show_default=True, type=click.IntRange(1, MAX_K), help="Number of results.")
 @click.option("--model", default=None, help="Encoder to load instead of the one recorded in the index (a local directory of the same weights).")
 @click.option("--device", default="cpu", show_default=True, help="Torch device for the text encoder.")
 @click.option("--json", "as_json", is_flag=True, help="Print results as JSON.")
@@ -198,9 +292,9 @@ def train(
 @cli.command()
 @click.argument("index_dir", type=click.Path(path_type=Path))
 @click.argument("text")
-@click.option("-k", "k", default=10, show_default=True, type=click.IntRange(min=1), help="Number of results (at most 10000); fewer when fewer videos are candidates.")
-@click.option("--beam", default=20, show_default=True, type=click.IntRange(min=1), help="Beam width of the constrained decoding (at most 1000).")
-@click.option("--max-candidates", default=300, show_default=True, type=click.IntRange(min=1), help="Cap on the candidate pool that is reranked (at most 100000).")
+@click.option("-k", "k", default=10, show_default=True, type=click.IntRange(1, MAX_K), help="Number of results; fewer when fewer videos are candidates.")
+@click.option("--beam", default=20, show_default=True, type=click.IntRange(1, MAX_BEAM), help="Beam width of the constrained decoding.")
+@click.option("--max-candidates", default=300, show_default=True, type=click.IntRange(1, MAX_CANDIDATES), help="Cap on the candidate pool that is reranked.")
 @click.option("--model", default=None, help="Text encoder to load instead of the one recorded in the index (same weights).")
 @click.option("--device", default="cpu", show_default=True, help="Torch device for the text encoder.")
 @click.option("--json", "as_json", is_flag=True, help="Print results as JSON.")
@@ -231,7 +325,7 @@ def query(index_dir: Path, text: str, k: int, beam: int, max_candidates: int, mo
 @click.option("--queries", "queries_path", required=True, type=click.Path(path_type=Path), help="Queries file (CSV, JSONL or Parquet): video_id, and text or embedding, optional query_id.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as one JSON object.")
 @click.option("--report", "report_dir", default=None, type=click.Path(path_type=Path), help="Directory to write a Markdown report with PNG plots into (adds a beam sweep and a corpus-size sweep).")
-@click.option("--beam", default=20, show_default=True, type=click.IntRange(min=1), help="grdr beam width.")
+@click.option("--beam", default=20, show_default=True, type=click.IntRange(1, MAX_BEAM), help="grdr beam width.")
 @click.option("--max-candidates", default=300, show_default=True, type=click.IntRange(min=1, max=10_000), help="Cap on grdr's candidate pool; every method returns max(50, this) results for ranking.")
 @click.option("--hnsw-m", default=32, show_default=True, type=click.IntRange(min=2), help="Links per node of the FAISS HNSW graph.")
 @click.option("--hnsw-ef-search", default=64, show_default=True, type=click.IntRange(min=1), help="HNSW efSearch; raised to max(50, --max-candidates) where smaller, the number of results ranked per query.")
@@ -258,6 +352,8 @@ def evaluate_command(
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)
     from grdr_core.evaluation import EvalConfig, evaluate, format_table, summary
 
+    if report_dir is not None and report_dir.exists() and not report_dir.is_dir():
+        raise click.BadParameter(f"{report_dir} exists and is not a directory", param_hint="--report")
     config = EvalConfig(beam=beam, max_candidates=max_candidates, hnsw_m=hnsw_m, hnsw_ef_search=hnsw_ef_search, ivf_nprobe=ivf_nprobe, seed=seed)
     evaluation = evaluate(index_dir, queries_path, config, model=model, device=device, sweeps=report_dir is not None)
     result = summary(evaluation)
