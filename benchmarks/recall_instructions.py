@@ -1,0 +1,45 @@
+"""Run generative recall (beam search and candidate pool) for a fixed number of queries.
+
+Meant to run under ``valgrind --tool=callgrind``: the instruction count of a run with
+``--queries N`` minus that of a run with ``--queries 0`` is the cost of N queries, a
+measure that other jobs on a shared machine do not disturb. The queries are stored video
+embeddings (a fixed random sample of 300), which decode like queries close to a video.
+
+    OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 valgrind --tool=callgrind \
+        --callgrind-out-file=/tmp/cg.100 .venv/bin/python benchmarks/recall_instructions.py INDEX --queries 100
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+
+from grdr_core.recall import beam_search, candidates_from_ids
+from grdr_core.searcher import DEFAULT_BEAM, DEFAULT_MAX_CANDIDATES, Searcher
+
+QUERY_SAMPLE = 300
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("index_dir", help="A trained grdr index.")
+    parser.add_argument("--queries", type=int, default=100, help="Queries to run, one per call; 0 measures the fixed cost.")
+    parser.add_argument("--beam", type=int, default=DEFAULT_BEAM, help="Beam width.")
+    parser.add_argument("--max-candidates", type=int, default=DEFAULT_MAX_CANDIDATES, help="Cap on the candidate pool.")
+    parser.add_argument("--seed", type=int, default=0, help="Seed of the query sample.")
+    args = parser.parse_args()
+
+    with Searcher(args.index_dir) as searcher:
+        rng = np.random.default_rng(args.seed)
+        count = len(searcher.index.shards)
+        if not 0 <= args.queries <= min(QUERY_SAMPLE, count):
+            parser.error(f"--queries must lie in [0, {min(QUERY_SAMPLE, count)}]")
+        queries = searcher.index.shards.get(rng.choice(count, size=min(QUERY_SAMPLE, count), replace=False))
+        for query in queries[: args.queries]:
+            decoded = beam_search(searcher.retriever, searcher.index.trie, query[None], args.beam)[0]
+            candidates_from_ids(searcher.index.trie, decoded, args.max_candidates)
+
+
+if __name__ == "__main__":
+    main()
