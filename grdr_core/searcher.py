@@ -57,9 +57,11 @@ class Searcher:
         self._model = model
         self._device = device
         self._encoder: ClipEncoder | None = None
+        self._closed = False
 
     def close(self) -> None:
         self.index.close()
+        self._closed = True
 
     def __enter__(self) -> Searcher:
         return self
@@ -103,6 +105,8 @@ class Searcher:
 
         Queries are L2-normalised first. Each result holds at most ``min(k, candidates)`` hits.
         """
+        if self._closed:
+            raise InvalidInputError(f"This Searcher of {self.index.layout.root} is closed; open a new one to search")
         check_query_limits(k, beam, max_candidates)
         queries = np.asarray(queries)
         if queries.dtype.kind != "f":

@@ -218,6 +218,14 @@ def test_empty_query_batches_return_nothing(trained_index):
         assert searcher.search_batch([]) == []
 
 
+def test_closed_searcher_is_rejected(trained_index):
+    index_dir, _ = trained_index
+    searcher = Searcher(index_dir)
+    searcher.close()
+    with pytest.raises(InvalidInputError, match="is closed"):
+        searcher.search_embeddings(np.ones((1, 32), np.float32))
+
+
 def test_text_search_on_precomputed_index_is_rejected(trained_index):
     from grdr_core.index import open_index
     from grdr_core.search import load_query_encoder
