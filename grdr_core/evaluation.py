@@ -30,6 +30,8 @@ from grdr_core.baselines import Baseline, DenseBaseline, build_hnsw, build_ivfpq
 from grdr_core.errors import InvalidInputError
 from grdr_core.eval_metrics import first_relevant_rank, latency_percentiles, rank_summary, recall_at
 from grdr_core.eval_queries import QueryFileReport, QuerySet, read_queries
+from grdr_core.retriever_runtime import CONFIG_FILE as RETRIEVER_CONFIG
+from grdr_core.retriever_runtime import WEIGHTS_FILE as RETRIEVER_WEIGHTS
 from grdr_core.searcher import DEFAULT_BEAM, DEFAULT_MAX_CANDIDATES, Searcher
 from grdr_schemas.index import IndexLayout
 
@@ -134,9 +136,13 @@ def component_bytes(layout: IndexLayout) -> dict[str, int]:
             return path.stat().st_size
         return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
+    # Queries read only the NumPy retriever in model/; the tokenizer and torch weights
+    # there serve training and ID assignment.
+    retriever = sum(size(layout.model_dir / name) for name in (RETRIEVER_WEIGHTS, RETRIEVER_CONFIG) if (layout.model_dir / name).is_file())
     return {
         "trie": size(layout.trie),
-        "model": size(layout.model_dir),
+        "retriever": retriever,
+        "training_model": size(layout.model_dir) - retriever,
         "shards": size(layout.shards_dir),
         "manifest": size(layout.manifest_dir),
         "header": size(layout.header),
@@ -162,7 +168,7 @@ def evaluate(
         # keeps another float32 copy. A corpus of millions of videos needs that much RAM.
         matrix = index.shards.get(np.arange(count))
         # grdr's recall index is the trie plus the retriever; IVF-PQ codes get about that budget.
-        recall_bytes = (sizes["trie"] + sizes["model"]) / count
+        recall_bytes = (sizes["trie"] + sizes["retriever"]) / count
 
         with single_thread():
             runs = {"grdr": run_grdr(searcher, embeddings, queries.truth, config, sizes, encode_ms)}

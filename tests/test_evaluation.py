@@ -268,7 +268,7 @@ def test_eval_json_blocks(trained_index, queries_file, corpus):
     assert grdr["r50"] <= grdr["candidate_hit"]
     assert 1 <= grdr["mean_candidates"] <= 100
     assert set(grdr["latency_split_ms"]) == {"recall", "rerank"}
-    assert set(grdr["bytes_per_video"]) == {"trie", "model", "shards", "manifest", "header"}
+    assert set(grdr["bytes_per_video"]) == {"trie", "retriever", "training_model", "shards", "manifest", "header"}
     # Measured about 0.9 for dense on this corpus; a broken rank pass gives about 0.05.
     assert payload["dense"]["r10"] >= 0.7
     assert payload["faiss_hnsw"]["r10"] >= payload["dense"]["r10"] - 0.05
