@@ -12,6 +12,7 @@ embeddings (a fixed random sample of 300), which decode like queries close to a 
 from __future__ import annotations
 
 import argparse
+import time
 
 import numpy as np
 
@@ -28,6 +29,7 @@ def main() -> None:
     parser.add_argument("--beam", type=int, default=DEFAULT_BEAM, help="Beam width.")
     parser.add_argument("--max-candidates", type=int, default=DEFAULT_MAX_CANDIDATES, help="Cap on the candidate pool.")
     parser.add_argument("--seed", type=int, default=0, help="Seed of the query sample.")
+    parser.add_argument("--time", action="store_true", help="Also print the mean thread CPU milliseconds per query (run pinned, e.g. with taskset).")
     args = parser.parse_args()
 
     with Searcher(args.index_dir) as searcher:
@@ -36,9 +38,12 @@ def main() -> None:
         if not 0 <= args.queries <= min(QUERY_SAMPLE, count):
             parser.error(f"--queries must lie in [0, {min(QUERY_SAMPLE, count)}]")
         queries = searcher.index.shards.get(rng.choice(count, size=min(QUERY_SAMPLE, count), replace=False))
+        started = time.thread_time()
         for query in queries[: args.queries]:
             decoded = beam_search(searcher.retriever, searcher.index.trie, query[None], args.beam)[0]
             candidates_from_ids(searcher.index.trie, decoded, args.max_candidates)
+        if args.time and args.queries:
+            print(f"{(time.thread_time() - started) * 1000 / args.queries:.3f} ms thread CPU time per query")
 
 
 if __name__ == "__main__":
