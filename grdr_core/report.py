@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,11 @@ def index_report(index: Index) -> dict[str, Any]:
             "mean_posting_list": round(stats.mean_posting, 3),
             "codes_used_per_level": stats.codes_used_per_level,
             "codebook_use_per_level": [round(used / size, 4) if size else 0.0 for used, size in zip(stats.codes_used_per_level, sizes)],
+            # Distinct prefixes of 1, 2, ..., L codes (the last is distinct_ids) against the
+            # product of the codebook sizes: full use of every level can still leave few
+            # combinations, which makes posting lists long.
+            "distinct_prefixes": index.trie.prefix_table().nodes_per_level[1:] + [stats.distinct_ids],
+            "possible_prefixes": [math.prod(sizes[: length + 1]) for length in range(len(sizes))],
             "retriever": bool(tokenizer.get("retriever")),
             # Measured over every video's IDs when they were assigned (build or train).
             "view_statistics": tokenizer.get("id_statistics"),
@@ -69,6 +75,7 @@ def format_report(report: dict[str, Any]) -> str:
         f"  distinct IDs       {ids['distinct_ids']}",
         f"  largest posting    {ids['largest_posting_list']} (mean {ids['mean_posting_list']})",
         "  codebook use       " + ", ".join(f"L{level} {used}/{size}" for level, (used, size) in enumerate(zip(ids["codes_used_per_level"], ids["codebook_sizes"]))),
+        "  distinct prefixes  " + ", ".join(f"{length + 1} codes {used:,}/{possible:,}" for length, (used, possible) in enumerate(zip(ids["distinct_prefixes"], ids["possible_prefixes"]))),
     ]
     views = ids.get("view_statistics")
     if views:

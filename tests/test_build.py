@@ -16,7 +16,7 @@ from grdr_core.features import ClipEncoder, EncoderConfig
 from grdr_core.index import open_index
 from grdr_core.manifest import read_manifest
 from grdr_core.quantize import QuantizerConfig
-from grdr_core.report import index_report
+from grdr_core.report import format_report, index_report
 from grdr_core.search import exact_dense_search, search_text
 from grdr_core.testing.videos import write_audio_only, write_test_video
 from grdr_jobs.cli import cli
@@ -139,6 +139,10 @@ def test_inspect_report(mixed_index):
     assert 1 <= ids["distinct_ids"] <= 7
     assert ids["largest_posting_list"] >= 1
     assert all(0 < use <= 1 for use in ids["codebook_use_per_level"])
+    assert ids["distinct_prefixes"][0] == ids["codes_used_per_level"][0]
+    assert ids["distinct_prefixes"][-1] == ids["distinct_ids"]
+    assert ids["possible_prefixes"] == [ids["codebook_sizes"][0], ids["codebook_sizes"][0] * ids["codebook_sizes"][1]]
+    assert "distinct prefixes  1 codes" in format_report(report)
     assert report["bytes"]["shards"] > 0
     assert report["bytes"]["trie"] > 0
 
