@@ -31,7 +31,6 @@ DEFAULT_BEAM = 20
 DEFAULT_MAX_CANDIDATES = 300
 
 
-
 @dataclass(frozen=True)
 class QueryResult:
     hits: list[SearchHit]  # best first

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,7 +41,9 @@ def write_trie(path: Path, codes: np.ndarray, codebook_sizes: list[int]) -> None
     codes = np.asarray(codes)
     if codes.ndim != 3:
         raise InvalidInputError(f"Expected codes of shape (n, views, levels), got {codes.shape}")
-    num_videos, views, levels = codes.shape
+    levels = codes.shape[2]
+    if codes.size and (int(codes.min()) < 0 or int(codes.max()) > np.iinfo(CODE_DTYPE).max):
+        raise InvalidInputError(f"Codes must lie in [0, {np.iinfo(CODE_DTYPE).max}], got [{int(codes.min())}, {int(codes.max())}]")
 
     children_items = _children_items(codes)
     posting_items = _posting_items(codes)

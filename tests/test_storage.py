@@ -202,3 +202,8 @@ def test_trie_matches_reference_contents(tmp_path, shape, codes_per_level):
     stats = reader.stats()
     assert stats.distinct_ids == len(postings)
     assert len(reader.prefix_table().codes) == sum(len(v) for v in children.values())
+
+
+def test_trie_rejects_codes_out_of_range(tmp_path):
+    with pytest.raises(InvalidInputError, match=r"Codes must lie in \[0, 65535\]"):
+        write_trie(tmp_path / "t.lmdb", np.array([[[0, 65536]]], dtype=np.int64), [4, 70000])
