@@ -603,7 +603,6 @@ def _decode_frames_at_times(
 
     frames: list[np.ndarray] = []
     times: list[float] = []
-    first_error: str | None = None
     previous: tuple[av.VideoFrame, float] | None = None
     converted: tuple[av.VideoFrame, np.ndarray] | None = None
 
@@ -615,6 +614,29 @@ def _decode_frames_at_times(
         frames.append(converted[1])
         times.append(time_s)
 
+    errors: list[str] = []
+    with contextlib.closing(_decodable_frames(path, probe, errors)) as decoded_frames:
+        for frame in decoded_frames:
+            time_s = frame.time
+            if time_s is None:  # a frame without a timestamp keeps the previous frame's time
+                time_s = previous[1] if previous is not None else 0.0
+            while len(frames) < len(targets_s) and targets_s[len(frames)] < time_s:
+                # Times before the first decodable frame get that frame.
+                take(*(previous or (frame, time_s)))
+            previous = (frame, time_s)
+            if len(frames) == len(targets_s):
+                return frames, times, _first(errors)
+    while previous is not None and len(frames) < len(targets_s):
+        take(*previous)
+    return frames, times, _first(errors)
+
+
+def _decodable_frames(path: str, probe: _StreamProbe, errors: list[str]) -> Iterator[av.VideoFrame]:
+    """Yield the probed stream's frames in decode order, skipping packets that fail to decode.
+
+    Each failure's FFmpeg message is appended to ``errors``. Close the generator to close
+    the file early.
+    """
     with _open_container(path) as container:
         stream = container.streams[probe.stream_index]
         stream.codec_context.thread_type = "AUTO"
@@ -622,21 +644,13 @@ def _decode_frames_at_times(
             try:
                 packet_frames = packet.decode()
             except av.error.FFmpegError as exc:
-                first_error = first_error or str(exc)
+                errors.append(str(exc))
                 continue
-            for frame in packet_frames:
-                time_s = frame.time
-                if time_s is None:  # a frame without a timestamp keeps the previous frame's time
-                    time_s = previous[1] if previous is not None else 0.0
-                while len(frames) < len(targets_s) and targets_s[len(frames)] < time_s:
-                    # Times before the first decodable frame get that frame.
-                    take(*(previous or (frame, time_s)))
-                previous = (frame, time_s)
-                if len(frames) == len(targets_s):
-                    return frames, times, first_error
-    while previous is not None and len(frames) < len(targets_s):
-        take(*previous)
-    return frames, times, first_error
+            yield from packet_frames
+
+
+def _first(errors: list[str]) -> str | None:
+    return errors[0] if errors else None
 
 
 def _decode_frames_by_position(
@@ -673,24 +687,16 @@ def _decode_frames_at(
 
     frames: list[np.ndarray] = []
     decoded = 0
-    first_error: str | None = None
-    with _open_container(path) as container:
-        stream = container.streams[probe.stream_index]
-        stream.codec_context.thread_type = "AUTO"
-        for packet in container.demux(stream):
-            try:
-                packet_frames = packet.decode()
-            except av.error.FFmpegError as exc:
-                first_error = first_error or str(exc)
-                continue
-            for frame in packet_frames:
-                if decoded in sampled:
-                    # rgb24 drops alpha and expands grey, so every source comes out as 3 channels.
-                    frames.append(frame.to_ndarray(width=out_width, height=out_height, format="rgb24"))
-                decoded += 1
-                if decoded > last:
-                    return frames, decoded, first_error
-    return frames, decoded, first_error
+    errors: list[str] = []
+    with contextlib.closing(_decodable_frames(path, probe, errors)) as decoded_frames:
+        for frame in decoded_frames:
+            if decoded in sampled:
+                # rgb24 drops alpha and expands grey, so every source comes out as 3 channels.
+                frames.append(frame.to_ndarray(width=out_width, height=out_height, format="rgb24"))
+            decoded += 1
+            if decoded > last:
+                return frames, decoded, _first(errors)
+    return frames, decoded, _first(errors)
 
 
 # --- worker pool --------------------------------------------------------------------
