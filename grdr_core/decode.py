@@ -632,7 +632,7 @@ def _decode_frames_at_times(
 
 
 def _decodable_frames(path: str, probe: _StreamProbe, errors: list[str]) -> Iterator[av.VideoFrame]:
-    """Yield the probed stream's frames in decode order, skipping packets that fail to decode.
+    """Yield the probed stream's frames as the decoder outputs them, skipping packets that fail to decode.
 
     Each failure's FFmpeg message is appended to ``errors``. Close the generator to close
     the file early.
