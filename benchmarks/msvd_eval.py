@@ -47,6 +47,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from recall_speed import train_config_from_args
 
 logger = logging.getLogger("msvd_eval")
 
@@ -195,16 +196,7 @@ def prepare_data(args: argparse.Namespace) -> PreparedData:
 
 
 def train_config(args: argparse.Namespace, variant: str) -> Any:
-    from grdr_core.training import TrainConfig
-
-    config = TrainConfig(
-        views=args.views,
-        levels=args.levels,
-        codes_per_level=args.codes,
-        epochs_per_level=args.epochs,
-        polish_epochs=args.polish_epochs,
-        seed=args.seed,
-    )
+    config = train_config_from_args(args)
     if variant == "views1":
         config = replace(config, views=1)
     elif variant == "no_cotrain":

@@ -215,6 +215,33 @@ def load_or_train(model_dir: Path, settings: dict[str, Any], sample: np.ndarray,
     return trained, seconds
 
 
+def train_config_from_args(args: argparse.Namespace) -> Any:
+    """Return the ``TrainConfig`` of the training options that the benchmark scripts share."""
+    from grdr_core.training import TrainConfig
+
+    return TrainConfig(
+        views=args.views,
+        levels=args.levels,
+        codes_per_level=args.codes,
+        epochs_per_level=args.epochs,
+        polish_epochs=args.polish_epochs,
+        seed=args.seed,
+    )
+
+
+def write_json_report(path: Path, args: argparse.Namespace, rows: list[dict[str, Any]]) -> None:
+    """Write the machine facts, the command line, the settings and the results to ``path``."""
+    report = {
+        "machine": machine_facts(),
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "results": rows,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    logger.info("Wrote %s", path)
+
+
 def prepare(size: int, args: argparse.Namespace, size_dir: Path) -> dict[str, Any]:
     """Generate the corpus, build, train and republish the index, and save the held-out queries."""
     import torch
@@ -224,7 +251,6 @@ def prepare(size: int, args: argparse.Namespace, size_dir: Path) -> dict[str, An
     from grdr_core.id_stats import id_statistics
     from grdr_core.quantize import QuantizerConfig
     from grdr_core.testing.synthetic import SyntheticConfig
-    from grdr_core.training import TrainConfig
 
     defaults = SyntheticConfig()
     spec = CorpusSpec(
@@ -269,14 +295,7 @@ def prepare(size: int, args: argparse.Namespace, size_dir: Path) -> dict[str, An
     index = open_index(index_dir)
     try:
         sample = index.shards.get(np.arange(sample_size))
-        config = TrainConfig(
-            views=args.views,
-            levels=args.levels,
-            codes_per_level=args.codes,
-            epochs_per_level=args.epochs,
-            polish_epochs=args.polish_epochs,
-            seed=args.seed,
-        )
+        config = train_config_from_args(args)
         if args.hidden is not None:
             config = replace(config, hidden=args.hidden)
         settings = {"corpus": {k: v for k, v in asdict(spec).items() if k != "num_videos"}, "train_videos": sample_size, "train_config": asdict(config)}
@@ -643,15 +662,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(format_table(rows))
     if args.out_json:
-        report = {
-            "machine": machine_facts(),
-            "command": " ".join([Path(sys.executable).name, *sys.argv]),
-            "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-            "results": rows,
-        }
-        args.out_json.parent.mkdir(parents=True, exist_ok=True)
-        args.out_json.write_text(json.dumps(report, indent=2) + "\n")
-        logger.info("Wrote %s", args.out_json)
+        write_json_report(args.out_json, args, rows)
     return 0
 
 

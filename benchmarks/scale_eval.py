@@ -40,7 +40,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from recall_speed import CorpusSpec, generate_corpus, load_or_train, machine_facts, publish_trained_index
+from recall_speed import CorpusSpec, generate_corpus, load_or_train, publish_trained_index, train_config_from_args, write_json_report
 
 logger = logging.getLogger("scale_eval")
 
@@ -63,7 +63,6 @@ def run_size(size: int, args: argparse.Namespace) -> dict[str, Any]:
     from grdr_core.index import open_index
     from grdr_core.quantize import QuantizerConfig
     from grdr_core.testing.synthetic import SyntheticConfig
-    from grdr_core.training import TrainConfig
     from grdr_schemas.index import IndexLayout
 
     defaults = SyntheticConfig()
@@ -105,14 +104,7 @@ def run_size(size: int, args: argparse.Namespace) -> dict[str, Any]:
     index = open_index(index_dir)
     try:
         sample = index.shards.get(np.arange(sample_size))
-        config = TrainConfig(
-            views=args.views,
-            levels=args.levels,
-            codes_per_level=args.codes,
-            epochs_per_level=args.epochs,
-            polish_epochs=args.polish_epochs,
-            seed=args.seed,
-        )
+        config = train_config_from_args(args)
         settings = {"corpus": {k: v for k, v in asdict(spec).items() if k != "num_videos"}, "train_videos": sample_size, "train_config": asdict(config)}
         trained, train_s = load_or_train(args.workdir.resolve() / "trained-model", settings, sample, corpus, config)
         if train_s is not None:
@@ -213,15 +205,7 @@ def main(argv: list[str] | None = None) -> int:
         logger.info("%d videos: %s", size, json.dumps({k: v for k, v in rows[-1].items() if k != "evaluation"}))
     print(format_table(rows))
     if args.out_json:
-        report = {
-            "machine": machine_facts(),
-            "command": " ".join([Path(sys.executable).name, *sys.argv]),
-            "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-            "results": rows,
-        }
-        args.out_json.parent.mkdir(parents=True, exist_ok=True)
-        args.out_json.write_text(json.dumps(report, indent=2) + "\n")
-        logger.info("Wrote %s", args.out_json)
+        write_json_report(args.out_json, args, rows)
     return 0
 
 
