@@ -100,7 +100,7 @@ class Searcher:
     def search_embeddings(
         self, queries: np.ndarray, k: int = 10, beam: int = DEFAULT_BEAM, max_candidates: int = DEFAULT_MAX_CANDIDATES
     ) -> list[QueryResult]:
-        """Answer ``(B, D)`` query embeddings from the index's query encoder.
+        """Search with ``(B, D)`` query embeddings from the index's query encoder.
 
         Queries are L2-normalised first. Each result holds at most ``min(k, candidates)`` hits.
         """

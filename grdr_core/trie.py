@@ -194,7 +194,7 @@ class TrieReader:
     def prefix_table(self) -> PrefixTable:
         """Return every prefix and its children as flat arrays, read on first use and kept.
 
-        Holds one code per prefix and per distinct semantic ID: 2 bytes each in the file,
+        Contains one code per prefix and per distinct semantic ID: 2 bytes each in the file,
         8 in memory (a few MB for millions of distinct IDs).
         """
         if self._prefix_table is None:

@@ -286,7 +286,7 @@ def test_overwrite_never_deletes_what_is_not_an_index(mixed_folder, tiny_clip_di
     folder.mkdir()
     (folder / "chapter1.tex").write_text("keep me")
 
-    # A folder that merely holds a file named index.json is not an index either.
+    # A folder that merely contains a file named index.json is not an index either.
     lookalike = tmp_path / "lookalike"
     lookalike.mkdir()
     (lookalike / "index.json").write_text("{}")

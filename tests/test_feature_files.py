@@ -149,7 +149,7 @@ def test_npy_float32_builds(tmp_path):
     np.testing.assert_allclose(stored, _unit(np.delete(vectors, 2, axis=0)), atol=2e-3)
 
 
-def test_tiny_and_huge_rows_are_stored_as_unit_vectors(tmp_path):
+def test_extreme_rows_stored_as_unit_vectors(tmp_path):
     vectors = _embeddings(4)
     vectors[1] *= 1e-25  # squares underflow in float32
     vectors[3] = np.full(DIM, 3e38, np.float32)  # squares overflow in float32

@@ -307,7 +307,7 @@ def test_msvd_build_train_query_offline(tiny_clip_dir, tmp_path):
     result = runner.invoke(cli, ["query", str(index_dir), "   "])
     assert result.exit_code != 0
 
-    # The longest accepted query is truncated to CLIP's 77-token context and answered.
+    # The longest accepted query is truncated to CLIP's 77-token context and returns results.
     result = runner.invoke(cli, ["query", str(index_dir), "guitar " * 1428 + "abcd", "-k", "3", "--json"])
     assert result.exit_code == 0, result.output
     assert len(json.loads(result.stdout)["results"]) == 3
