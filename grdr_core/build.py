@@ -1,7 +1,15 @@
-"""The local index build: discover, decode, encode, quantize, write and publish."""
+"""The index build: plan, map stage (decode and encode units), merge, semantic IDs, publish.
+
+The map stage runs on an engine: the local engine in this process (``grdr_core.stages``),
+or Beam or Ray through a ``map_runner`` from ``grdr_pipelines``. Everything before and
+after it runs here, in the driver. All work goes to a work directory beside the output
+(``grdr_schemas.build``), so a build that is killed resumes when started again with the
+same settings, redoing only unfinished units and steps.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -13,34 +21,42 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 
-from grdr_core.decode import DecodeConfig, DecodedVideo, DecodePool
+from grdr_core.decode import DecodeConfig
 from grdr_core.discovery import VIDEO_EXTENSIONS, VideoFile, discover_videos
-from grdr_core.errors import InvalidInputError, NothingIndexedError
+from grdr_core.errors import BuildIncompleteError, InvalidInputError, NothingIndexedError
 from grdr_core.features import ClipEncoder, EncoderConfig
-from grdr_core.index import check_output_path, publish, staging_dir_for, write_header
+from grdr_core.index import check_output_path, publish, write_header
 from grdr_core.manifest import ManifestWriter
 from grdr_core.quantize import QuantizerConfig
 from grdr_core.semantic_ids import assign_baseline_ids
 from grdr_core.shards import ShardReader, ShardWriter
+from grdr_core.stages import (
+    MapSettings,
+    ProgressCallback,
+    UnitResult,
+    WorkUnit,
+    checkpoint,
+    read_unit_result,
+    run_local,
+    unit_done,
+    write_json_atomic,
+)
+from grdr_schemas.build import BUILD_FILES_SCHEMA, BUILD_WORK_VERSION, DEFAULT_FILES_PER_UNIT, WorkLayout, work_dir_for
 from grdr_schemas.index import IndexLayout
-from grdr_schemas.manifest import VideoStatus
+from grdr_schemas.manifest import MANIFEST_SCHEMA, VideoStatus
 from grdr_schemas.shards import DEFAULT_RECORDS_PER_SHARD
 
 logger = logging.getLogger(__name__)
 
-# Decoded videos are encoded once this many encoder batches of frames are pending. A
-# flush ends with one partial batch, which cost about 50% more CPU per frame than a full
-# one (measured at 8 vs 64 frames, benchmarks/build_throughput.py), so flushing several
-# batches at once amortises it; the pending frames stay bounded (4 x 64 frames of
-# about 224 x 400 px is about 70 MB).
-ENCODE_BATCHES_PER_FLUSH = 4
 # Manifest rows are buffered in memory until a part is written; smaller parts keep the
-# build's memory flat on large corpora (a buffered row is about 0.8 KB).
+# merge's memory flat on large corpora (a buffered row is about 0.8 KB).
 MANIFEST_ROWS_PER_PART = 10_000
-# Failed files logged per status; the manifest records every one. A data lake can hold
-# thousands of files that fail the same way, and their log lines would bury the rest.
-MAX_LOGGED_FAILURES_PER_STATUS = 100
+
+# Runs the map stage of the given units on an engine; each unit must end with its marker.
+MapRunner = Callable[[MapSettings, list[WorkUnit]], None]
 
 
 @dataclass(frozen=True)
@@ -53,10 +69,15 @@ class BuildConfig:
     workers: int = max(1, (os.cpu_count() or 1))
     records_per_shard: int = DEFAULT_RECORDS_PER_SHARD
     overwrite: bool = False
+    files_per_unit: int = DEFAULT_FILES_PER_UNIT
+    # Where unfinished work is kept; by default ``.<out name>.grdr-build`` beside the output.
+    work_dir: Path | None = None
 
     def __post_init__(self) -> None:
         if self.workers < 1:
             raise InvalidInputError(f"workers must be >= 1, got {self.workers}")
+        if self.files_per_unit < 1:
+            raise InvalidInputError(f"files_per_unit must be >= 1, got {self.files_per_unit}")
 
 
 @dataclass
@@ -66,6 +87,8 @@ class BuildSummary:
     indexed: int
     status_counts: dict[str, int]
     seconds: float
+    units: int = 0
+    units_resumed: int = 0  # units found complete from an earlier, interrupted run
 
     @property
     def failed(self) -> int:
@@ -77,7 +100,10 @@ class BuildSummary:
         text = f"{self.discovered} files discovered, {self.indexed} indexed, {self.failed} failed"
         if failures:
             text += f" ({failures})"
-        return text + f" in {self.seconds:.1f} s ({rate:.2f} videos/s)"
+        text += f" in {self.seconds:.1f} s ({rate:.2f} videos/s)"
+        if self.units_resumed:
+            text += f"; resumed with {self.units_resumed} of {self.units} units already done"
+        return text
 
     def status_table(self) -> str:
         """Return a plain-text table of files per status, largest count first, with the total."""
@@ -89,165 +115,212 @@ class BuildSummary:
         return "\n".join(lines)
 
 
-ProgressCallback = Callable[[VideoFile, str], None]
-
-
 def build_index(
     config: BuildConfig,
     encoder: ClipEncoder | None = None,
     progress: ProgressCallback | None = None,
     on_discovered: Callable[[int], None] | None = None,
+    map_runner: MapRunner | None = None,
 ) -> BuildSummary:
     """Build an index of every video under ``config.input_root`` and publish it at ``config.out_dir``.
 
-    Every discovered file gets exactly one manifest row, failed files included. Raises
+    Every discovered file gets exactly one manifest row, failed files included. The map
+    stage runs on ``map_runner`` (default: the local engine with ``config.workers``
+    decoder processes). When the work directory holds an unfinished build with the same
+    settings, it is resumed: its file list is kept and only unfinished units and steps
+    run. ``on_discovered`` gets the number of files that still need decoding. Raises
     ``NothingIndexedError`` (and publishes nothing) when no video could be indexed.
     """
     started = time.monotonic()
     out_dir = Path(config.out_dir).resolve()
-    check_output_path(out_dir, config.overwrite, input_root=config.input_root)
-
-    files = discover_videos(config.input_root)
-    if not files:
-        raise NothingIndexedError(
-            f"No video files found under {config.input_root} (extensions: {', '.join(sorted(VIDEO_EXTENSIONS))})"
-        )
-    if on_discovered is not None:
-        on_discovered(len(files))
+    work = WorkLayout(Path(config.work_dir).resolve() if config.work_dir else work_dir_for(out_dir))
+    # The driver loads the encoder too: it checks the model before any work is
+    # scheduled, and the header records its checksum.
     encoder = encoder or ClipEncoder(config.encoder)
     decode_config = replace(config.decode, short_side=encoder.short_side)
+    settings = _plan_settings(config, decode_config, encoder)
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = staging_dir_for(out_dir)
-    layout = IndexLayout(staging)
-    try:
-        status_counts = _embed_videos(files, layout, decode_config, encoder, config, progress)
-        indexed = status_counts.get(VideoStatus.OK.value, 0)
-        summary = BuildSummary(out_dir, len(files), indexed, dict(status_counts), time.monotonic() - started)
-        if indexed == 0:
-            raise NothingIndexedError(f"No video was indexed: {summary.describe()}")
+    units = _resume(work, settings)
+    if units is None:
+        check_output_path(out_dir, config.overwrite, input_root=config.input_root)
+        files = discover_videos(config.input_root)
+        if not files:
+            raise NothingIndexedError(
+                f"No video files found under {config.input_root} (extensions: {', '.join(sorted(VIDEO_EXTENSIONS))})"
+            )
+        units = _write_plan(work, settings, files, config.files_per_unit)
+    pending = [unit for unit in units if not unit_done(work, unit.number)]
+    if on_discovered is not None:
+        on_discovered(sum(len(unit.files) for unit in pending))
 
-        shards = ShardReader(layout.shards_dir, indexed, encoder.dim, config.records_per_shard)
-        tokenizer_header = assign_baseline_ids(shards, config.quantizer, layout)
+    map_settings = MapSettings(str(work.root), config.encoder, decode_config, decode_workers=config.workers)
+    if pending:
+        if map_runner is None:
+            run_local(map_settings, pending, encoder=encoder, progress=progress)
+        else:
+            map_runner(map_settings, pending)
+    unfinished = [unit.number for unit in units if not unit_done(work, unit.number)]
+    if unfinished:
+        raise BuildIncompleteError(
+            f"The map stage left {len(unfinished)} of {len(units)} units unfinished (first: {unfinished[0]}); "
+            f"run the same command again to resume from {work.root}"
+        )
+
+    results = [read_unit_result(work, unit.number) for unit in units]
+    status_counts = sum((Counter(result.status_counts) for result in results), Counter())
+    discovered = sum(len(unit.files) for unit in units)
+    indexed = status_counts.get(VideoStatus.OK.value, 0)
+    summary = BuildSummary(
+        out_dir, discovered, indexed, dict(status_counts), 0.0, units=len(units), units_resumed=len(units) - len(pending)
+    )
+    if indexed == 0:
+        shutil.rmtree(work.root)
+        raise NothingIndexedError(f"No video was indexed: {summary.describe()}")
+
+    layout = IndexLayout(work.staging)
+    _merge_units(work, results, encoder.dim, config.records_per_shard)
+    tokenizer_header = _assign_ids(work, layout, indexed, encoder.dim, config)
+    summary.seconds = time.monotonic() - started
+    if work.staging.exists():
         write_header(layout, _header(config, decode_config, encoder, tokenizer_header, summary))
-        publish(staging, out_dir, config.overwrite)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)
+        checkpoint("before-publish")
+        publish(work.staging, out_dir, overwrite=config.overwrite)
+    checkpoint("after-publish")
+    shutil.rmtree(work.root)
 
     summary.seconds = time.monotonic() - started
     logger.info("Build finished: %s", summary.describe())
     return summary
 
 
-def _embed_videos(
-    files: list[VideoFile],
-    layout: IndexLayout,
-    decode_config: DecodeConfig,
-    encoder: ClipEncoder,
-    config: BuildConfig,
-    progress: ProgressCallback | None,
-) -> Counter[str]:
-    """Decode and encode every file, writing shards and manifest rows in discovery order."""
-    shards = ShardWriter(layout.shards_dir, encoder.dim, config.records_per_shard)
-    manifest = ManifestWriter(layout.manifest_dir, rows_per_part=MANIFEST_ROWS_PER_PART)
-    status_counts: Counter[str] = Counter()
-    pending: list[tuple[VideoFile, DecodedVideo]] = []
-    pending_frames = 0
-
-    def record(file: VideoFile, status: str, error: str | None, video: DecodedVideo | None, ordinal: int | None) -> None:
-        if status != VideoStatus.OK.value:
-            _log_failure(file, status, error, status_counts[status])
-        manifest.add(_manifest_row(file, status, error, video, ordinal))
-        status_counts[status] += 1
-        if progress is not None:
-            progress(file, status)
-
-    def flush_pending() -> None:
-        for (file, video), embedding, error in zip(pending, *_encode_batch(encoder, [v for _, v in pending])):
-            if embedding is None:
-                record(file, VideoStatus.ENCODE_ERROR.value, error, video, None)
-            else:
-                ordinal = shards.append(embedding[None, :])[0]
-                record(file, VideoStatus.OK.value, None, video, ordinal)
-        pending.clear()
-
-    with DecodePool(decode_config, workers=config.workers) as pool:
-        for result, file in zip(pool.imap(f.path for f in files), files, strict=True):
-            if result.video is None:
-                # Keep rows in discovery order: encode what is pending before recording a failure.
-                flush_pending()
-                pending_frames = 0
-                record(file, result.status, result.error, None, None)
-                continue
-            pending.append((file, result.video))
-            pending_frames += len(result.video.frames)
-            if pending_frames >= ENCODE_BATCHES_PER_FLUSH * config.encoder.batch_size:
-                flush_pending()
-                pending_frames = 0
-        flush_pending()
-
-    stored = shards.close()
-    rows = manifest.close()
-    if rows != len(files) or stored != status_counts.get(VideoStatus.OK.value, 0):
-        raise RuntimeError(f"Build bookkeeping mismatch: {len(files)} files, {rows} manifest rows, {stored} embeddings")
-    return status_counts
-
-
-def _log_failure(file: VideoFile, status: str, error: str | None, earlier: int) -> None:
-    """Log one WARNING line per failed file, up to ``MAX_LOGGED_FAILURES_PER_STATUS`` per status."""
-    if earlier < MAX_LOGGED_FAILURES_PER_STATUS:
-        logger.warning("Failed to index %s: %s: %s", file.uri, status, error)
-    elif earlier == MAX_LOGGED_FAILURES_PER_STATUS:
-        logger.warning(
-            "%d files failed with status %s; further ones are recorded in the manifest without a log line",
-            earlier + 1, status,
-        )
-
-
-def _encode_batch(encoder: ClipEncoder, videos: list[DecodedVideo]) -> tuple[list[np.ndarray | None], list[str | None]]:
-    """Encode videos together; when the batch fails, retry one by one so only bad videos fail."""
-    if not videos:
-        return [], []
-    try:
-        embeddings = encoder.encode_videos([v.frames for v in videos])
-        return list(embeddings), [None] * len(videos)
-    except (RuntimeError, ValueError) as exc:
-        logger.warning("Encoding a batch of %d videos failed (%s); retrying one by one", len(videos), exc)
-
-    results: list[np.ndarray | None] = []
-    errors: list[str | None] = []
-    for video in videos:
-        try:
-            results.append(encoder.encode_videos([video.frames])[0])
-            errors.append(None)
-        except (RuntimeError, ValueError) as exc:
-            results.append(None)
-            errors.append(f"{type(exc).__name__}: {exc}")
-    return results, errors
-
-
-def _manifest_row(file: VideoFile, status: str, error: str | None, video: DecodedVideo | None, ordinal: int | None) -> dict[str, Any]:
+def _plan_settings(config: BuildConfig, decode_config: DecodeConfig, encoder: ClipEncoder) -> dict[str, Any]:
+    """Return the settings that must match for a build to resume another one's work."""
     return {
-        "video_id": file.video_id,
-        "uri": file.uri,
-        "uri_bytes": file.uri_bytes,
-        "size_bytes": file.size_bytes,
-        "fingerprint": file.fingerprint,
-        "status": status,
-        "error": error,
-        "decoder": video.decoder if video else None,
-        "duration_s": video.duration_s if video else None,
-        "fps": video.fps if video else None,
-        "width": video.width if video else None,
-        "height": video.height if video else None,
-        "coded_width": video.coded_width if video else None,
-        "coded_height": video.coded_height if video else None,
-        "rotation": video.rotation if video else None,
-        "num_frames": video.num_frames if video else None,
-        "frames_sampled": len(video.frames) if video else None,
-        "ordinal": ordinal,
+        "work_version": BUILD_WORK_VERSION,
+        "input_root": str(Path(config.input_root).resolve()),
+        "out_dir": str(Path(config.out_dir).resolve()),
+        "encoder": {"name": encoder.name, "checksum": encoder.checksum, "batch_size": config.encoder.batch_size},
+        "decode": asdict(decode_config),
+        "quantizer": asdict(config.quantizer),
+        "records_per_shard": config.records_per_shard,
+        "files_per_unit": config.files_per_unit,
     }
+
+
+def _resume(work: WorkLayout, settings: dict[str, Any]) -> list[WorkUnit] | None:
+    """Return the units of an unfinished build with these settings, or None to start afresh.
+
+    Work left by a build with other settings is removed with a log line: it is this
+    build's own work directory, and nothing in it can be reused.
+    """
+    if not work.root.exists():
+        return None
+    try:
+        plan = json.loads(work.plan.read_text())
+        units = _read_units(work) if plan.get("settings") == settings else None
+    except (OSError, ValueError, pa.ArrowException) as exc:
+        logger.warning("Unreadable work directory %s (%s); starting the build afresh", work.root, exc)
+        units = None
+    else:
+        if units is None:
+            logger.warning("Work directory %s belongs to a build with other settings; starting afresh", work.root)
+    if units is None:
+        shutil.rmtree(work.root)
+        return None
+    done = sum(unit_done(work, unit.number) for unit in units)
+    logger.info("Resuming the build in %s: %d of %d units already done", work.root, done, len(units))
+    return units
+
+
+def _write_plan(work: WorkLayout, settings: dict[str, Any], files: list[VideoFile], files_per_unit: int) -> list[WorkUnit]:
+    """Split ``files`` into units and record them and the settings; ``plan.json`` goes last."""
+    work.units_dir.mkdir(parents=True, exist_ok=True)
+    units = [
+        WorkUnit(number, tuple(files[start : start + files_per_unit]))
+        for number, start in enumerate(range(0, len(files), files_per_unit))
+    ]
+    table = pa.table(
+        {
+            "unit": [unit.number for unit in units for _ in unit.files],
+            "video_id": [file.video_id for file in files],
+            "uri": [file.uri for file in files],
+            "uri_bytes": [file.uri_bytes for file in files],
+            "size_bytes": [file.size_bytes for file in files],
+            "fingerprint": [file.fingerprint for file in files],
+        },
+        schema=BUILD_FILES_SCHEMA,
+    )
+    pq.write_table(table, work.files, compression="zstd")
+    write_json_atomic(work.plan, {"settings": settings, "units": len(units), "files": len(files)})
+    return units
+
+
+def _read_units(work: WorkLayout) -> list[WorkUnit]:
+    plan = json.loads(work.plan.read_text())
+    table = pq.read_table(work.files, schema=BUILD_FILES_SCHEMA).to_pylist()
+    if len(table) != plan["files"]:
+        raise ValueError(f"{work.files} lists {len(table)} files, the plan {plan['files']}")
+    grouped: dict[int, list[VideoFile]] = {number: [] for number in range(plan["units"])}
+    for row in table:
+        raw = row["uri_bytes"]
+        grouped[row["unit"]].append(
+            VideoFile(
+                video_id=row["video_id"],
+                uri=row["uri"],
+                size_bytes=row["size_bytes"],
+                fingerprint=row["fingerprint"],
+                path=os.fsdecode(raw) if raw is not None else row["uri"],
+                uri_bytes=raw,
+            )
+        )
+    return [WorkUnit(number, tuple(files)) for number, files in grouped.items()]
+
+
+def _merge_units(work: WorkLayout, results: list[UnitResult], dim: int, records_per_shard: int) -> None:
+    """Concatenate the units, in unit order, into the staging index's shards and manifest."""
+    if work.merged_marker.is_file():
+        return
+    if work.staging.exists():
+        shutil.rmtree(work.staging)  # left by a merge that was killed part way
+    layout = IndexLayout(work.staging)
+    shards = ShardWriter(layout.shards_dir, dim, records_per_shard)
+    manifest = ManifestWriter(layout.manifest_dir, rows_per_part=MANIFEST_ROWS_PER_PART)
+    for position, result in enumerate(results):
+        embeddings = np.load(work.unit_embeddings(result.number))
+        rows = pq.read_table(work.unit_manifest(result.number), schema=MANIFEST_SCHEMA).to_pylist()
+        ok = [row for row in rows if row["status"] == VideoStatus.OK.value]
+        if embeddings.shape != (len(ok), dim) or len(rows) != result.files:
+            raise BuildIncompleteError(
+                f"Unit {result.number} in {work.root} holds {len(rows)} rows and embeddings of shape "
+                f"{embeddings.shape} for {result.files} files, {len(ok)} of them ok; remove the unit's "
+                "folder and run the same command again"
+            )
+        base = shards.append(embeddings).start
+        for row in rows:
+            if row["ordinal"] is not None:
+                row["ordinal"] += base
+            manifest.add(row)
+        if position == len(results) // 2:
+            checkpoint("mid-merge")
+    stored = shards.close()
+    rows_written = manifest.close()
+    write_json_atomic(work.merged_marker, {"embeddings": stored, "rows": rows_written})
+
+
+def _assign_ids(work: WorkLayout, layout: IndexLayout, indexed: int, dim: int, config: BuildConfig) -> dict[str, Any]:
+    """Fit the baseline tokenizer and write the trie, unless a resumed run already did."""
+    if work.ids_marker.is_file():
+        return json.loads(work.ids_marker.read_text())
+    for partial in (layout.trie, layout.trie.with_name(layout.trie.name + "-lock")):
+        if partial.exists():
+            partial.unlink()
+    if layout.model_dir.exists():
+        shutil.rmtree(layout.model_dir)
+    shards = ShardReader(layout.shards_dir, indexed, dim, config.records_per_shard)
+    tokenizer_header = assign_baseline_ids(shards, config.quantizer, layout)
+    checkpoint("ids-written")
+    write_json_atomic(work.ids_marker, tokenizer_header)
+    return tokenizer_header
 
 
 def _header(

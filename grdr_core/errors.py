@@ -9,7 +9,8 @@ Every error that grdr raises on purpose derives from ``GrdrError``, so a caller
     ├── VideoDecodeError      one video could not be decoded; carries a manifest status
     ├── IndexExistsError      the output directory exists and overwriting was not requested
     ├── IndexFormatError      an index on disk is missing files, corrupt or of another version
-    └── NothingIndexedError   a build finished without a single indexed video
+    ├── NothingIndexedError   a build finished without a single indexed video
+    └── BuildIncompleteError  a build left work unfinished; running it again resumes it
 """
 
 from __future__ import annotations
@@ -53,3 +54,7 @@ class IndexFormatError(GrdrError):
 
 class NothingIndexedError(GrdrError):
     """A build indexed no video at all."""
+
+
+class BuildIncompleteError(GrdrError):
+    """A build's map stage or work directory was left unfinished; rerunning resumes it."""

@@ -337,16 +337,16 @@ def test_cli_decode_limits_apply(mixed_folder, tiny_clip_dir, tmp_path):
 
 
 def test_failure_logs_are_capped_per_status(caplog, monkeypatch):
-    import grdr_core.build as build_module
+    import grdr_core.stages as stages
     from grdr_core.discovery import VideoFile
 
-    monkeypatch.setattr(build_module, "MAX_LOGGED_FAILURES_PER_STATUS", 2)
+    monkeypatch.setattr(stages, "MAX_LOGGED_FAILURES_PER_STATUS", 2)
     file = VideoFile(video_id="a.mp4", uri="/data/a.mp4", size_bytes=0, fingerprint="x", path="/data/a.mp4")
 
-    with caplog.at_level("WARNING", logger="grdr_core.build"):
+    with caplog.at_level("WARNING", logger="grdr_core.stages"):
         for earlier in range(5):
-            build_module._log_failure(file, "truncated", "cut short", earlier)
-        build_module._log_failure(file, "empty_file", "0 bytes", 0)
+            stages.log_failure(file, "truncated", "cut short", earlier)
+        stages.log_failure(file, "empty_file", "0 bytes", 0)
 
     messages = [r.getMessage() for r in caplog.records]
     assert messages == [
