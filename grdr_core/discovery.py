@@ -1,14 +1,21 @@
-"""Discovery: find the video files under an input root and fingerprint them."""
+"""Discovery: find the video files under an input root and fingerprint them.
+
+The root is a local folder, a ``file://`` URL or an fsspec URL of a prefix in an object
+store (``s3://bucket/videos``). Local files get a content fingerprint, remote objects one
+from their listing metadata (see ``grdr_core.remote.fingerprint_from_listing``).
+"""
 
 from __future__ import annotations
 
 import hashlib
 import logging
 import os
+import posixpath
 import stat
 from dataclasses import dataclass
 from pathlib import Path
 
+from grdr_core import remote
 from grdr_core.errors import InvalidInputError
 
 logger = logging.getLogger(__name__)
@@ -37,10 +44,10 @@ class VideoFile:
     """
 
     video_id: str  # POSIX path relative to the input root, extension included
-    uri: str  # absolute path, valid UTF-8
+    uri: str  # absolute path or full URL, valid UTF-8
     size_bytes: int  # -1 when the file could not be examined
     fingerprint: str
-    path: str  # absolute path as the OS names it (surrogate escapes for undecodable bytes)
+    path: str  # absolute path as the OS names it (surrogate escapes for undecodable bytes), or the URL
     uri_bytes: bytes | None = None  # raw bytes of the absolute path when it is not valid UTF-8
 
 
@@ -85,8 +92,14 @@ def discover_videos(root: str | os.PathLike[str], extensions: frozenset[str] = V
     file's path relative to ``root`` in POSIX form, so ids are unique within a build and
     stable across builds of the same tree. Symbolic links to files are followed; links to
     directories are not, so a link cycle cannot make the walk loop.
+
+    ``root`` may be an fsspec URL. A remote prefix is listed recursively, and its videos
+    get the URL as ``uri`` and ``path``. Raises ``InvalidInputError`` when ``root`` is not
+    found, is not a folder or prefix, or has an unknown protocol.
     """
-    root_path = Path(root)
+    if remote.is_remote(root):
+        return _discover_remote(str(root), extensions)
+    root_path = remote.local_path(root)
     if not root_path.is_dir():
         raise InvalidInputError(f"Input folder not found or not a directory: {root_path}")
     root_path = root_path.resolve()
@@ -107,6 +120,22 @@ def discover_videos(root: str | os.PathLike[str], extensions: frozenset[str] = V
     # name contains the same escapes literally would get the same id, and nothing checks that.
     found.sort(key=lambda v: v.video_id)
     logger.info("Discovered %d video files under %s", len(found), root_path)
+    return found
+
+
+def _discover_remote(url: str, extensions: frozenset[str]) -> list[VideoFile]:
+    found = [
+        VideoFile(
+            video_id=file.relative_path,
+            uri=file.url,
+            size_bytes=file.size_bytes,
+            fingerprint=remote.fingerprint_from_listing(file.info, file.size_bytes),
+            path=file.url,
+        )
+        for file in remote.list_files(url)
+        if posixpath.splitext(file.relative_path)[1].lower() in extensions
+    ]
+    logger.info("Discovered %d video files under %s", len(found), url)
     return found
 
 

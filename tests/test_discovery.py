@@ -140,3 +140,34 @@ def test_broken_link_is_listed_as_unreadable(tmp_path):
     (video,) = discover_videos(tmp_path)
 
     assert (video.video_id, video.size_bytes, video.fingerprint) == ("gone.mp4", -1, "unreadable")
+
+
+def test_file_url_equals_local_path(tmp_path):
+    _touch(tmp_path / "a.mp4", b"1")
+    _touch(tmp_path / "sub" / "b.mkv", b"22")
+
+    assert discover_videos(f"file://{tmp_path}") == discover_videos(tmp_path)
+
+
+def test_unknown_protocol_raises(tmp_path):
+    with pytest.raises(InvalidInputError, match="Unknown protocol 'nosuchproto'"):
+        discover_videos("nosuchproto://bucket/videos")
+
+
+def test_memory_url_is_listed_with_fsspec():
+    import fsspec
+
+    fs = fsspec.filesystem("memory")
+    fs.pipe("/grdr-discovery-test/sub/b.mp4", b"bb")
+    fs.pipe("/grdr-discovery-test/a.MOV", b"a")
+    fs.pipe("/grdr-discovery-test/readme.txt", b"text")
+    try:
+        videos = discover_videos("memory://grdr-discovery-test")
+        contents = [fsspec.open(v.uri, "rb").open().read() for v in videos]
+    finally:
+        fs.rm("/grdr-discovery-test", recursive=True)
+
+    assert [(v.video_id, v.size_bytes) for v in videos] == [("a.MOV", 1), ("sub/b.mp4", 2)]
+    assert contents == [b"a", b"bb"]
+    assert all(v.path == v.uri and v.uri.startswith("memory://") for v in videos)
+    assert videos[0].fingerprint.startswith("mtime:1:")
