@@ -1,11 +1,14 @@
-"""Index versions on disk: the ``index.json`` header, atomic publishing and read access."""
+"""Index versions on disk: the ``index.json`` header, publishing and read access.
+
+``grdr_core.versions`` keeps the versions of an index root; this module writes and
+opens one version.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
 import os
-import shutil
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +23,7 @@ from grdr_core.manifest import read_manifest
 from grdr_core.shards import ShardReader
 from grdr_core.trie import TrieReader
 from grdr_core.verify import check_on_open, read_header, sha256_file
+from grdr_core.versions import DEFAULT_KEEP, is_index_root, open_resolved, publish_version, version_root_of
 from grdr_schemas.index import INDEX_FORMAT_VERSION, IndexLayout
 
 logger = logging.getLogger(__name__)
@@ -49,10 +53,11 @@ def write_header(layout: IndexLayout, header: dict[str, Any]) -> None:
 
 
 def check_output_path(out_dir: Path, overwrite: bool, input_root: Path | None = None) -> None:
-    """Reject an output path whose replacement could destroy data that is not an index.
+    """Reject an output path where publishing could destroy or hide data that is not an index.
 
-    ``--overwrite`` replaces only an existing grdr index (a directory with
-    ``index.json``); it never deletes another directory, a file, or the input itself.
+    ``--overwrite`` publishes a new version of an existing grdr index (a root with
+    CURRENT and ``versions/``, or a single-version directory with ``index.json``); it
+    never touches another directory, a file, or the input itself.
     """
     out_dir = Path(out_dir).absolute()
     if input_root is not None:
@@ -60,66 +65,49 @@ def check_output_path(out_dir: Path, overwrite: bool, input_root: Path | None = 
         resolved = out_dir.resolve()
         if resolved == root or resolved in root.parents:
             raise InvalidInputError(f"--out {out_dir} is the input folder or contains it; choose another output path")
+    version_root = version_root_of(out_dir) if out_dir.is_dir() else None
+    if version_root is not None:
+        raise InvalidInputError(f"--out {out_dir} is a version directory of the index {version_root}; publish to {version_root} instead")
     if not (out_dir.exists() or out_dir.is_symlink()):
         return
     if not overwrite:
-        raise IndexExistsError(f"Output path already exists: {out_dir} (pass --overwrite to replace an existing grdr index)")
-    if out_dir.is_symlink() or not out_dir.is_dir() or not _is_grdr_index(out_dir):
+        raise IndexExistsError(f"Output path already exists: {out_dir} (pass --overwrite to publish a new version of an existing grdr index)")
+    if out_dir.is_symlink() or not out_dir.is_dir() or not is_index_root(out_dir):
         raise IndexExistsError(
-            f"Output path {out_dir} exists and is not a grdr index (no index.json with a format "
-            "version, shard store and trie); --overwrite only replaces an index, so remove it "
-            "yourself or choose another path"
+            f"Output path {out_dir} exists and is not a grdr index (no CURRENT file and versions/ folder, "
+            "nor an index.json with a format version, shard store and trie); --overwrite only adds a "
+            "version to an index, so remove it yourself or choose another path"
         )
 
 
-def _is_grdr_index(directory: Path) -> bool:
-    """Return whether ``directory`` has the header and the files every grdr index version has."""
-    layout = IndexLayout(directory)
-    try:
-        header = json.loads(layout.header.read_text())
-    except (OSError, ValueError):
-        return False
-    if not isinstance(header, dict) or not {"format_version", "shards"} <= header.keys():
-        return False
-    return layout.shards_dir.is_dir() and layout.trie.is_file()
+def publish(
+    staging: Path,
+    out_dir: Path,
+    overwrite: bool,
+    *,
+    keep: int = DEFAULT_KEEP,
+    version: str | None = None,
+    expected_current: str | None = None,
+) -> str:
+    """Publish a complete staging directory as the new current version of the index at ``out_dir``.
 
-
-def publish(staging: Path, out_dir: Path, overwrite: bool) -> None:
-    """Make a complete staging directory visible as ``out_dir`` with a rename.
-
-    Readers see either the previous index or the new one, never a partial one. When
-    ``overwrite`` replaces an existing index there is a moment between the two renames
-    where ``out_dir`` does not exist.
+    Readers see either the previous version or the new one, never a partial one, and
+    readers that opened the previous version keep using it. ``overwrite`` allows an
+    existing index at ``out_dir``. Keeps the newest ``keep`` versions and returns the
+    new version's name; ``grdr_core.versions.publish_version`` explains ``version`` and
+    ``expected_current``.
     """
     check_output_path(out_dir, overwrite)
-    _make_readable(staging)
-    previous = None
-    if out_dir.exists():
-        previous = out_dir.parent / f".{out_dir.name}.old-{uuid.uuid4().hex[:12]}"
-        os.rename(out_dir, previous)
-    os.rename(staging, out_dir)
-    if previous is not None:
-        shutil.rmtree(previous)
-    logger.info("Published index %s", out_dir)
-
-
-def _make_readable(root: Path) -> None:
-    # Some writers (safetensors) create files with mode 0600; an index is shared data.
-    umask = os.umask(0)
-    os.umask(umask)
-    for path in root.rglob("*"):
-        if path.is_file():
-            path.chmod(0o666 & ~umask)
-        elif path.is_dir():
-            path.chmod(0o777 & ~umask)
-    root.chmod(0o777 & ~umask)
+    return publish_version(staging, out_dir, version=version, keep=keep, expected_current=expected_current)
 
 
 @dataclass
 class Index:
     """An opened index version: header, shard store, trie and ordinal-to-video map."""
 
-    layout: IndexLayout
+    root: Path  # the path the caller opened, made absolute: an index root or a single version
+    version: str | None  # the version name, or None for a single-version index
+    layout: IndexLayout  # paths inside the opened version directory
     header: dict[str, Any]
     shards: ShardReader
     trie: TrieReader
@@ -137,14 +125,21 @@ class Index:
 
 
 def open_index(directory: str | os.PathLike[str]) -> Index:
-    """Open an index directory for reading, checking its format version and its files.
+    """Open the current version of an index for reading, checking its format version and its files.
 
-    Every file listed in ``index.json`` must exist with its recorded size, and the trie
-    and model files must match their SHA-256 sums. ``grdr_core.verify`` explains what
-    this quick check leaves to ``grdr-index verify``. Raises ``IndexFormatError`` naming
-    the damaged files.
+    ``directory`` is an index root, a single-version index or one version directory.
+    The version is resolved once, so a publish meanwhile cannot mix two versions. Every
+    file listed in ``index.json`` must exist with its recorded size, and the trie and
+    model files must match their SHA-256 sums. ``grdr_core.verify`` explains what this
+    quick check leaves to ``grdr-index verify``. Raises ``IndexFormatError`` naming the
+    damaged files.
     """
-    layout = IndexLayout(Path(directory))
+    return open_resolved(directory, lambda version_dir: open_index_version(Path(directory), version_dir))
+
+
+def open_index_version(root: Path, version_dir: Path) -> Index:
+    """Open the version directory ``version_dir`` of the index ``root`` (see ``open_index``)."""
+    layout = IndexLayout(version_dir)
     header = read_header(layout)
     check_on_open(layout, header)
 
@@ -156,7 +151,10 @@ def open_index(directory: str | os.PathLike[str]) -> Index:
     except BaseException:
         trie.close()  # LMDB refuses a second open of the same file while this one lives
         raise
-    return Index(layout=layout, header=header, shards=shards, trie=trie, video_ids=video_ids, uris=uris)
+    version = version_dir.name if version_root_of(version_dir) is not None else None
+    return Index(
+        root=root.absolute(), version=version, layout=layout, header=header, shards=shards, trie=trie, video_ids=video_ids, uris=uris
+    )
 
 
 def _read_ordinal_map(layout: IndexLayout, count: int) -> tuple[pa.Array, pa.Array]:

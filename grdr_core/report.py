@@ -28,7 +28,9 @@ def index_report(index: Index) -> dict[str, Any]:
     sizes = index.trie.codebook_sizes
     tokenizer = index.header["tokenizer"]
     return {
-        "index": str(layout.root),
+        "index": str(index.root),
+        "version": index.version,  # None for a single-version index
+        "version_dir": str(layout.root),
         "format_version": index.header["format_version"],
         "encoder": index.header["encoder"],
         "videos": {"discovered": int(sum(by_status.values())), "indexed": len(index.shards), "by_status": dict(sorted(by_status.items()))},
@@ -61,11 +63,15 @@ def index_report(index: Index) -> dict[str, Any]:
     }
 
 
+def _version_text(report: dict[str, Any]) -> str:
+    return f"version {report['version']}, " if report.get("version") else ""
+
+
 def format_report(report: dict[str, Any]) -> str:
     videos = report["videos"]
     ids = report["semantic_ids"]
     lines = [
-        f"index        {report['index']} (format {report['format_version']})",
+        f"index        {report['index']} ({_version_text(report)}format {report['format_version']})",
         f"encoder      {report['encoder']['name']} ({report['encoder']['checksum'][:23]}..., dim {report['encoder']['dim']})",
         f"videos       {videos['discovered']} discovered, {videos['indexed']} indexed",
     ]

@@ -72,14 +72,14 @@ def load_query_encoder(index: Index, model: str | None = None, device: str = "cp
     recorded = index.header["encoder"]
     if model is None and str(recorded.get("checksum", "")).startswith(PRECOMPUTED_PREFIX):
         raise ModelLoadError(
-            f"Index {index.layout.root} was built from precomputed embeddings ({recorded['name']}) and stores no "
+            f"Index {index.root} was built from precomputed embeddings ({recorded['name']}) and stores no "
             "text encoder; query it with embeddings from the same model (Searcher.search_embeddings, or "
             "grdr-index eval with an embedding queries file)"
         )
     encoder = ClipEncoder(EncoderConfig(model=model or recorded["name"], device=device))
     if encoder.checksum != recorded["checksum"]:
         raise ModelLoadError(
-            f"Encoder {encoder.name!r} has weights {encoder.checksum}, but index {index.layout.root} was built "
+            f"Encoder {encoder.name!r} has weights {encoder.checksum}, but index {index.root} was built "
             f"with {recorded['name']!r} ({recorded['checksum']}); pass --model with the encoder used for the build"
         )
     return encoder

@@ -11,16 +11,18 @@ import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from grdr_core.errors import IndexFormatError, InvalidInputError
-from grdr_core.index import Index, open_index
+from grdr_core.index import Index, open_index_version
 from grdr_core.query_checks import check_query_limits, check_query_text
 from grdr_core.recall import beam_search, candidates_from_ids
 from grdr_core.retriever_runtime import RetrieverRuntime
 from grdr_core.search import SearchHit, hits_for
+from grdr_core.versions import open_resolved
 
 if TYPE_CHECKING:
     from grdr_core.features import ClipEncoder
@@ -42,17 +44,8 @@ class Searcher:
     """Answer text queries against one index version with recall + rerank."""
 
     def __init__(self, index_dir: str | os.PathLike[str], model: str | None = None, device: str = "cpu") -> None:
-        self.index: Index = open_index(index_dir)
-        tokenizer = self.index.header["tokenizer"]
-        if not tokenizer.get("retriever"):
-            self.index.close()
-            raise IndexFormatError(
-                f"Index {self.index.layout.root} has {tokenizer['name']} semantic IDs but no trained retriever; "
-                f"run `grdr-index train {self.index.layout.root} --captions FILE` (or `--caption-embeddings FILE` "
-                "for an index of precomputed embeddings) before querying, "
-                "or use `grdr-index search` for exact dense search"
-            )
-        self.retriever = RetrieverRuntime.load(self.index.layout.model_dir)
+        # The index and the retriever come from one version, resolved once.
+        self.index, self.retriever = open_resolved(index_dir, lambda version_dir: _open_version(Path(index_dir), version_dir))
         self._model = model
         self._device = device
         self._encoder: ClipEncoder | None = None
@@ -105,7 +98,7 @@ class Searcher:
         Queries are L2-normalised first. Each result holds at most ``min(k, candidates)`` hits.
         """
         if self._closed:
-            raise InvalidInputError(f"This Searcher of {self.index.layout.root} is closed; open a new one to search")
+            raise InvalidInputError(f"This Searcher of {self.index.root} is closed; open a new one to search")
         check_query_limits(k, beam, max_candidates)
         queries = np.asarray(queries)
         if queries.dtype.kind != "f":
@@ -136,6 +129,23 @@ class Searcher:
             results.append((hits_for(self.index, ordinals, scores), len(pool)))
         rerank_ms = (time.perf_counter() - started) * 1000 / len(queries)
         return [QueryResult(hits, count, {"recall": recall_ms, "rerank": rerank_ms}) for hits, count in results]
+
+
+def _open_version(root: Path, version_dir: Path) -> tuple[Index, RetrieverRuntime]:
+    index = open_index_version(root, version_dir)
+    try:
+        tokenizer = index.header["tokenizer"]
+        if not tokenizer.get("retriever"):
+            raise IndexFormatError(
+                f"Index {index.root} has {tokenizer['name']} semantic IDs but no trained retriever; "
+                f"run `grdr-index train {index.root} --captions FILE` (or `--caption-embeddings FILE` "
+                "for an index of precomputed embeddings) before querying, "
+                "or use `grdr-index search` for exact dense search"
+            )
+        return index, RetrieverRuntime.load(index.layout.model_dir)
+    except BaseException:
+        index.close()
+        raise
 
 
 def rerank(index: Index, query: np.ndarray, candidates: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -19,6 +19,7 @@ from grdr_core.index import Index, open_index, publish, staging_dir_for, write_h
 from grdr_core.id_stats import id_statistics
 from grdr_core.training import TrainConfig, TrainedModel, train
 from grdr_core.trie import write_trie
+from grdr_core.versions import DEFAULT_KEEP
 from grdr_schemas.index import IndexLayout
 
 logger = logging.getLogger(__name__)
@@ -33,6 +34,7 @@ class TrainSummary:
     captions: CaptionReport
     id_stats: dict[str, Any]
     seconds: float
+    version: str | None = None  # the published version
 
     def describe(self) -> str:
         stats = self.id_stats
@@ -49,13 +51,15 @@ def train_index(
     captions: Path | None = None,
     caption_embeddings: Path | None = None,
     model: str | None = None,
+    keep: int = DEFAULT_KEEP,
 ) -> TrainSummary:
-    """Train a multi-view tokenizer and retriever on captions, then republish the index.
+    """Train a multi-view tokenizer and retriever on captions, then publish a new version of the index.
 
     Exactly one of ``captions`` (text, encoded with the index's CLIP text tower, or
     ``model``) and ``caption_embeddings`` (precomputed, same space as the index) is given.
-    The new version reuses the manifest and shards through hard links and replaces the
-    trie, ``model/`` and ``index.json``; readers see the old or the new version whole.
+    The new version reuses the manifest and shards of the current one through hard
+    links and has its own trie, ``model/`` and ``index.json``. Readers see the old or
+    the new version whole. The newest ``keep`` versions are kept.
     """
     if (captions is None) == (caption_embeddings is None):
         raise InvalidInputError("Give exactly one of --captions and --caption-embeddings")
@@ -84,7 +88,7 @@ def train_index(
         stats = id_statistics(codes, trained.codebook_sizes)
         summary = TrainSummary(Path(index_dir), caption_set.report, stats, 0.0)
         source = Path(captions or caption_embeddings).resolve()
-        publish_trained(index, trained, codes, stats, caption_set.report, str(source))
+        summary.version = publish_trained(index, trained, codes, stats, caption_set.report, str(source), keep=keep)
     finally:
         index.close()
     summary.seconds = time.monotonic() - started
@@ -130,14 +134,17 @@ def publish_trained(
     stats: dict[str, Any],
     report: CaptionReport | None,
     source: str | None,
-) -> None:
-    """Republish ``index`` with the trie of ``codes`` and the trained model.
+    keep: int = DEFAULT_KEEP,
+) -> str:
+    """Publish a new version of ``index`` with the trie of ``codes`` and the trained model; return its name.
 
-    The manifest and shards of the current version are hard-linked into the new one.
+    The manifest and shards of the opened version are hard-linked into the new one.
     ``source`` describes where the training captions came from, for ``index.json``.
+    Raises ``IndexExistsError`` when another version became current after ``index``
+    was opened, so that a newer build is never replaced by a model of older data.
     """
     old = index.layout
-    staging = staging_dir_for(old.root.resolve())
+    staging = staging_dir_for(index.root)
     layout = IndexLayout(staging)
     try:
         _link_tree(old.manifest_dir, layout.manifest_dir)
@@ -160,7 +167,7 @@ def publish_trained(
             "id_statistics": stats,
         }
         write_header(layout, header)
-        publish(staging, old.root.resolve(), overwrite=True)
+        return publish(staging, index.root, overwrite=True, keep=keep, expected_current=index.version)
     finally:
         if staging.exists():
             shutil.rmtree(staging)

@@ -27,6 +27,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from grdr_core.errors import IndexFormatError
+from grdr_core.versions import resolve_version
 from grdr_schemas.index import INDEX_FORMAT_VERSION, IndexLayout
 from grdr_schemas.shards import shard_file_name
 
@@ -182,12 +183,13 @@ def check_on_open(layout: IndexLayout, header: dict[str, Any]) -> None:
 
 
 def verify_index(directory: str | os.PathLike[str]) -> VerifyReport:
-    """Hash every file of an index and compare it with ``index.json``.
+    """Hash every file of the current version of an index and compare it with ``index.json``.
 
-    Raises ``IndexFormatError`` only when ``index.json`` itself is missing or invalid.
-    Damaged files are listed in the report.
+    ``directory`` is an index root, a single-version index or one version directory.
+    Raises ``IndexFormatError`` only when there is no version to check or its
+    ``index.json`` is missing or invalid. Damaged files are listed in the report.
     """
-    layout = IndexLayout(Path(directory))
+    layout = IndexLayout(resolve_version(directory))
     header = read_header(layout)
     files = header["files"]
     report = VerifyReport(root=layout.root, checked=len(files))

@@ -13,6 +13,7 @@ import click
 
 from grdr_core.errors import GrdrError
 from grdr_core.query_checks import MAX_BEAM, MAX_CANDIDATES, MAX_K
+from grdr_core.versions import DEFAULT_KEEP
 
 logger = logging.getLogger("grdr_jobs.cli")
 
@@ -56,7 +57,8 @@ def cli(verbose: bool) -> None:
 @click.option("--levels", default=3, show_default=True, type=click.IntRange(min=1), help="Semantic-ID levels (residual quantization depth).")
 @click.option("--codes", "codes_per_level", default=128, show_default=True, type=click.IntRange(min=1, max=65535), help="Codes per level; fewer are used for small corpora.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the quantizer's k-means.")
-@click.option("--overwrite", is_flag=True, help="Replace an existing index at --out.")
+@click.option("--overwrite", is_flag=True, help="Publish a new version of the existing index at --out; readers of the old version keep working.")
+@click.option("--keep-versions", "keep_versions", default=DEFAULT_KEEP, show_default=True, type=click.IntRange(min=1), help="Versions of the index to keep after publishing; older ones are deleted, never the current one.")
 def build(
     input_dir: Path | None,
     out_dir: Path,
@@ -75,6 +77,7 @@ def build(
     codes_per_level: int,
     seed: int,
     overwrite: bool,
+    keep_versions: int,
 ) -> None:
     """Index every video under INPUT_DIR, or the embeddings in --features, and publish the index at --out.
 
@@ -89,6 +92,7 @@ def build(
     if features_path is not None:
         _reject_video_options(click.get_current_context())
         _build_from_features(features_path, ids_path, encoder_name, out_dir, levels, codes_per_level, seed, overwrite)
+        _prune_after_build(out_dir, keep_versions)
         return
     for name, value in (("--ids", ids_path), ("--encoder-name", encoder_name)):
         if value is not None:
@@ -125,8 +129,19 @@ def build(
             bar.refresh()
 
         summary = build_index(config, progress=lambda file, status: bar.update(1), on_discovered=set_total)
+    _prune_after_build(out_dir, keep_versions)
     click.echo(f"Indexed {summary.out_dir}: {summary.describe()}")
     click.echo(summary.status_table())
+
+
+def _prune_after_build(out_dir: Path, keep_versions: int) -> None:
+    # TODO: pass keep_versions into the build's own publish once BuildConfig and
+    # build_index_from_features take it. Until then the build keeps DEFAULT_KEEP
+    # versions, so this only honors values below it.
+    from grdr_core.versions import prune_versions
+
+    if keep_versions < DEFAULT_KEEP:
+        prune_versions(out_dir, keep_versions)
 
 
 def _decode_limits(max_pixels: int | None, max_duration_s: float | None) -> dict[str, int | float | None]:
@@ -212,6 +227,55 @@ def verify(index_dir: Path) -> None:
 
 @cli.command()
 @click.argument("index_dir", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the versions as JSON.")
+def versions(index_dir: Path, as_json: bool) -> None:
+    """List the versions of an index, oldest first; "*" marks the current one."""
+    from grdr_core.versions import describe_versions
+
+    infos = describe_versions(index_dir)
+    if as_json:
+        rows = [{"name": info.name, "current": info.current, "path": str(info.path), **_version_summary(info.header)} for info in infos]
+        click.echo(json.dumps(rows, indent=2))
+        return
+    for info in infos:
+        summary = _version_summary(info.header)
+        if info.header is None:
+            details = "index.json missing or unreadable"
+        else:
+            details = f"created {summary['created_at']}, {summary['indexed']} videos, {summary['tokenizer']} IDs"
+            details += ", trained retriever" if summary["retriever"] else ""
+        click.echo(f"{'*' if info.current else ' '} {info.name}  {details}")
+
+
+def _version_summary(header: dict | None) -> dict:
+    header = header or {}
+    tokenizer = header.get("tokenizer") if isinstance(header.get("tokenizer"), dict) else {}
+    counts = header.get("counts") if isinstance(header.get("counts"), dict) else {}
+    return {
+        "created_at": tokenizer.get("trained_at") or header.get("created_at"),
+        "indexed": counts.get("indexed"),
+        "tokenizer": tokenizer.get("name"),
+        "retriever": bool(tokenizer.get("retriever")),
+    }
+
+
+@cli.command()
+@click.argument("index_dir", type=click.Path(path_type=Path))
+@click.option("--to", "to", default=None, help="Version to make current, e.g. v000002 [default: the newest version older than the current one].")
+def rollback(index_dir: Path, to: str | None) -> None:
+    """Make an older version of an index current, for readers that open the index afterwards.
+
+    Rolling back deletes nothing. The next publish numbers its version above every
+    existing one and keeps the newest --keep-versions versions by number.
+    """
+    from grdr_core.versions import rollback as rollback_index
+
+    name = rollback_index(index_dir, to=to)
+    click.echo(f"Index {index_dir} now serves version {name}")
+
+
+@cli.command()
+@click.argument("index_dir", type=click.Path(path_type=Path))
 @click.argument("text")
 @click.option("-k", "k", default=10, show_default=True, type=click.IntRange(1, MAX_K), help="Number of results.")
 @click.option("--model", default=None, help="Encoder to load instead of the one recorded in the index (a local directory of the same weights).")
@@ -250,6 +314,7 @@ def search(index_dir: Path, text: str, k: int, model: str | None, device: str, a
 @click.option("--model", default=None, help="Text encoder to load instead of the one recorded in the index (same weights).")
 @click.option("--device", default="cpu", show_default=True, help='Torch device for training and caption encoding, e.g. "cpu" or "cuda".')
 @click.option("--threads", default=None, type=click.IntRange(min=1), help="CPU threads for torch [default: torch's choice]; lower it on a shared machine.")
+@click.option("--keep-versions", "keep_versions", default=DEFAULT_KEEP, show_default=True, type=click.IntRange(min=1), help="Versions of the index to keep after publishing; older ones are deleted, never the current one.")
 def train(
     index_dir: Path,
     captions: Path | None,
@@ -264,8 +329,9 @@ def train(
     model: str | None,
     device: str,
     threads: int | None,
+    keep_versions: int,
 ) -> None:
-    """Train multi-view semantic IDs and the generative retriever for an index."""
+    """Train multi-view semantic IDs and the generative retriever, and publish them as a new version of the index."""
     import torch
 
     from grdr_core.train_index import train_index
@@ -285,8 +351,8 @@ def train(
     )
     if no_diversity:
         config = config.without_view_diversity()
-    summary = train_index(index_dir, config, captions=captions, caption_embeddings=caption_embeddings, model=model)
-    click.echo(f"Trained {summary.index_dir}: {summary.describe()}")
+    summary = train_index(index_dir, config, captions=captions, caption_embeddings=caption_embeddings, model=model, keep=keep_versions)
+    click.echo(f"Trained {summary.index_dir}, published as version {summary.version}: {summary.describe()}")
 
 
 @cli.command()

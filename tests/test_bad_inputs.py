@@ -32,6 +32,7 @@ from grdr_core.discovery import VIDEO_EXTENSIONS, path_text
 from grdr_core.errors import VideoDecodeError
 from grdr_core.manifest import read_manifest
 from grdr_core.testing.videos import frame_index_from_red, render_frame, write_test_video
+from grdr_core.versions import resolve_version
 from grdr_jobs.cli import cli
 from grdr_schemas import VideoStatus
 
@@ -85,8 +86,8 @@ def corpus_build(corpus: Corpus, tiny_clip_dir: Path, tmp_path_factory: pytest.T
     ]  # fmt: skip
     result = CliRunner().invoke(cli, arguments)
     assert result.exit_code == 0, result.output
-    rows = read_manifest(out / "manifest").to_pylist()
-    header = json.loads((out / "index.json").read_text())
+    rows = read_manifest(resolve_version(out) / "manifest").to_pylist()
+    header = json.loads((resolve_version(out) / "index.json").read_text())
     return CorpusBuild(result, out, {row["video_id"]: row for row in rows}, len(rows), header, _count_video_files(corpus.root))
 
 
@@ -502,7 +503,7 @@ def test_long_caption_truncation_recorded(corpus, corpus_build, tmp_path):
 
     summary = train_index(index_dir, config, captions=corpus.captions["long_caption"])
 
-    header = json.loads((index_dir / "index.json").read_text())
+    header = json.loads((resolve_version(index_dir) / "index.json").read_text())
     assert summary.captions.used == 2
     assert summary.captions.truncated == 1
     assert header["tokenizer"]["caption_report"]["truncated"] == 1

@@ -19,6 +19,7 @@ from grdr_core.quantize import QuantizerConfig
 from grdr_core.report import format_report, index_report
 from grdr_core.search import exact_dense_search, search_text
 from grdr_core.testing.videos import write_audio_only, write_test_video
+from grdr_core.versions import list_versions, read_current, resolve_version
 from grdr_jobs.cli import cli
 from grdr_schemas.manifest import VideoStatus
 
@@ -69,7 +70,7 @@ def mixed_index(mixed_folder, tiny_clip_dir, encoder, tmp_path_factory):
 
 def test_build_records_every_file(mixed_index):
     out, summary = mixed_index
-    manifest = read_manifest(out / "manifest").to_pylist()
+    manifest = read_manifest(resolve_version(out) / "manifest").to_pylist()
     by_id = {row["video_id"]: row for row in manifest}
 
     assert summary.discovered == 10
@@ -93,7 +94,7 @@ def test_build_records_every_file(mixed_index):
 
 def test_build_rows_follow_discovery_order_and_ordinals(mixed_index):
     out, _ = mixed_index
-    manifest = read_manifest(out / "manifest").to_pylist()
+    manifest = read_manifest(resolve_version(out) / "manifest").to_pylist()
     ids = [row["video_id"] for row in manifest]
     ordinals = [row["ordinal"] for row in manifest if row["ordinal"] is not None]
 
@@ -103,7 +104,7 @@ def test_build_rows_follow_discovery_order_and_ordinals(mixed_index):
 
 def test_build_metadata_of_generated_video(mixed_index):
     out, _ = mixed_index
-    row = next(r for r in read_manifest(out / "manifest").to_pylist() if r["video_id"] == "group1/clip3.mp4")
+    row = next(r for r in read_manifest(resolve_version(out) / "manifest").to_pylist() if r["video_id"] == "group1/clip3.mp4")
     assert row["width"] == 112
     assert row["height"] == 48
     assert (row["coded_width"], row["coded_height"], row["rotation"]) == (112, 48, 0)
@@ -115,13 +116,14 @@ def test_build_metadata_of_generated_video(mixed_index):
 
 def test_index_header_checksums_every_file(mixed_index):
     out, _ = mixed_index
-    header = json.loads((out / "index.json").read_text())
-    files = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()} - {"index.json"}
+    version = resolve_version(out)
+    header = json.loads((version / "index.json").read_text())
+    files = {p.relative_to(version).as_posix() for p in version.rglob("*") if p.is_file()} - {"index.json"}
 
     assert set(header["files"]) == files
     for name, entry in header["files"].items():
-        assert entry["sha256"] == _digest(out / name)
-        assert entry["bytes"] == (out / name).stat().st_size
+        assert entry["sha256"] == _digest(version / name)
+        assert entry["bytes"] == (version / name).stat().st_size
     assert header["counts"]["indexed"] == 7
     assert header["counts"]["discovered"] == 10
     assert header["encoder"]["checksum"].startswith("sha256:")
@@ -176,6 +178,7 @@ def test_rebuild_is_byte_identical(mixed_folder, mixed_index, tiny_clip_dir, enc
     first, _ = mixed_index
     second = tmp_path / "again"
     build_index(_config(mixed_folder, second, tiny_clip_dir), encoder=encoder)
+    first, second = resolve_version(first), resolve_version(second)
 
     shard_files = sorted(p.name for p in (first / "shards").iterdir())
     assert shard_files == sorted(p.name for p in (second / "shards").iterdir())
@@ -196,10 +199,9 @@ def test_existing_output_needs_overwrite(mixed_folder, tiny_clip_dir, encoder, t
     (out / "keep.txt").unlink()
     out.rmdir()
     build_index(_config(mixed_folder, out, tiny_clip_dir), encoder=encoder)
-    (out / "keep.txt").write_text("x")
     build_index(_config(mixed_folder, out, tiny_clip_dir, overwrite=True), encoder=encoder)
-    assert not (out / "keep.txt").exists()
-    assert (out / "index.json").exists()
+    assert list_versions(out) == ["v000001", "v000002"]
+    assert read_current(out) == "v000002"
     assert [p.name for p in tmp_path.iterdir()] == ["index"]
 
 
@@ -267,7 +269,7 @@ def test_search_rejects_other_encoder(mixed_index, tmp_path):
 
 def test_status_column_values_are_known(mixed_index):
     out, _ = mixed_index
-    statuses = set(pc.unique(read_manifest(out / "manifest", columns=["status"])["status"]).to_pylist())
+    statuses = set(pc.unique(read_manifest(resolve_version(out) / "manifest", columns=["status"])["status"]).to_pylist())
     assert statuses <= {s.value for s in VideoStatus}
 
 

@@ -24,6 +24,7 @@ from grdr_core.searcher import Searcher
 from grdr_core.testing.synthetic import SyntheticConfig, make_synthetic_corpus
 from grdr_core.train_index import train_index
 from grdr_core.training import TrainConfig
+from grdr_core.versions import resolve_version
 from grdr_jobs.cli import cli
 
 FAST_TRAINING = TrainConfig(views=3, levels=2, codes_per_level=16, hidden=64, epochs_per_level=3, polish_epochs=2, seed=0)
@@ -343,7 +344,7 @@ def test_eval_text_queries_time_encoding(tiny_clip_dir, tmp_path):
     embeddings = encoder.encode_text(texts)
     # Each video's embedding is its caption's, in the tiny CLIP's text space.
     index_dir = build_index_from_embeddings(ids, embeddings, tmp_path / "index", encoder_name=str(tiny_clip_dir))
-    header_path = index_dir / "index.json"
+    header_path = resolve_version(index_dir) / "index.json"
     header = json.loads(header_path.read_text())
     header["encoder"]["checksum"] = encoder.checksum
     header_path.write_text(json.dumps(header))

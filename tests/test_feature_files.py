@@ -20,6 +20,7 @@ from grdr_core.searcher import Searcher
 from grdr_core.testing.synthetic import SyntheticConfig, make_synthetic_corpus
 from grdr_core.train_index import train_index
 from grdr_core.training import TrainConfig
+from grdr_core.versions import resolve_version
 from grdr_jobs.cli import cli
 from grdr_schemas.manifest import VideoStatus
 
@@ -422,7 +423,7 @@ def test_cli_builds_from_parquet(tmp_path):
 
     assert result.exit_code == 0, result.output
     assert "12 embeddings read, 12 indexed, 0 failed" in result.output
-    header = json.loads((tmp_path / "index" / "index.json").read_text())
+    header = json.loads((resolve_version(tmp_path / "index") / "index.json").read_text())
     assert header["encoder"]["checksum"] == "precomputed:minilm"
 
 

@@ -19,6 +19,7 @@ from grdr_core.searcher import Searcher
 from grdr_core.testing.synthetic import SyntheticConfig, make_synthetic_corpus
 from grdr_core.train_index import train_index
 from grdr_core.training import TrainConfig
+from grdr_core.versions import resolve_version
 from grdr_jobs.cli import cli
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -70,7 +71,7 @@ def test_train_reports_captions_and_ids(trained_index, corpus):
 
 def test_trained_index_header_and_inspect(trained_index):
     index_dir, _ = trained_index
-    header = json.loads((index_dir / "index.json").read_text())
+    header = json.loads((resolve_version(index_dir) / "index.json").read_text())
     assert header["tokenizer"]["name"] == "grdr-multiview"
     assert header["tokenizer"]["retriever"] is True
     assert header["tokenizer"]["views"] == 3

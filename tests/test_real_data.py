@@ -12,6 +12,7 @@ from grdr_core.index import open_index
 from grdr_core.manifest import read_manifest
 from grdr_core.quantize import QuantizerConfig
 from grdr_core.report import index_report
+from grdr_core.versions import resolve_version
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -42,7 +43,7 @@ def _build(root: Path, out: Path, model: Path) -> None:
 def test_msvd_clips_all_index_ok(tiny_clip_dir, tmp_path):
     out = tmp_path / "msvd"
     _build(SHARED_DATA / "msvd" / "clips", out, tiny_clip_dir)
-    rows = read_manifest(out / "manifest").to_pylist()
+    rows = read_manifest(resolve_version(out) / "manifest").to_pylist()
 
     assert len(rows) == 11
     assert [r["status"] for r in rows] == ["ok"] * 11
@@ -55,7 +56,7 @@ def test_msvd_clips_all_index_ok(tiny_clip_dir, tmp_path):
 def test_whole_data_folder_gets_one_row_per_file(tiny_clip_dir, tmp_path):
     out = tmp_path / "all"
     _build(SHARED_DATA, out, tiny_clip_dir)
-    rows = {r["video_id"]: r for r in read_manifest(out / "manifest").to_pylist()}
+    rows = {r["video_id"]: r for r in read_manifest(resolve_version(out) / "manifest").to_pylist()}
     expected_files = _files_under(SHARED_DATA)
 
     assert sorted(rows) == expected_files
@@ -77,6 +78,6 @@ def test_whole_data_folder_gets_one_row_per_file(tiny_clip_dir, tmp_path):
         if name.startswith(("videos/", "msvd/")):
             assert row["status"] == "ok", (name, row["error"])
 
-    header = json.loads((out / "index.json").read_text())
+    header = json.loads((resolve_version(out) / "index.json").read_text())
     assert header["counts"]["discovered"] == len(expected_files)
     assert header["counts"]["indexed"] + header["counts"]["failed"] == len(expected_files)

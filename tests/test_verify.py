@@ -25,6 +25,7 @@ from grdr_core.manifest import read_manifest
 from grdr_core.quantize import QuantizerConfig
 from grdr_core.testing.videos import write_test_video
 from grdr_core.verify import verify_index
+from grdr_core.versions import resolve_version
 from grdr_jobs.cli import cli
 from grdr_schemas.manifest import MANIFEST_SCHEMA, MANIFEST_SCHEMA_VERSION
 
@@ -73,7 +74,8 @@ def _video_id_page_end(part: Path) -> int:
 
 
 def _damage(root: Path, fault: str) -> str:
-    """Apply ``fault`` to the index at ``root``; return the relative path of the damaged file."""
+    """Apply ``fault`` to the current version of the index at ``root``; return the relative path of the damaged file."""
+    root = resolve_version(root)
     if fault == "shard_missing":
         (root / "shards/00001.npy").unlink()
         return "shards/00001.npy"
@@ -111,7 +113,7 @@ def test_healthy_index_verifies(healthy_index):
     result = CliRunner().invoke(cli, ["verify", str(healthy_index)])
 
     assert report.ok
-    assert report.checked == len(list(p for p in healthy_index.rglob("*") if p.is_file())) - 1
+    assert report.checked == len(list(p for p in resolve_version(healthy_index).rglob("*") if p.is_file())) - 1
     assert report.unlisted == []
     assert result.exit_code == 0, result.output
     assert "all match" in result.output
@@ -154,7 +156,7 @@ def test_flipped_manifest_page_fails_open(index_copy):
 
 
 def test_flipped_shard_byte_needs_full_verify(index_copy):
-    shard = index_copy / "shards/00000.npy"
+    shard = resolve_version(index_copy) / "shards/00000.npy"
     _flip_byte(shard, shard.stat().st_size - 3)  # inside the embeddings, past the .npy header
 
     # Opening checks only shard sizes, to stay fast on GBs of shards, and verify hashes them.
@@ -177,7 +179,7 @@ def test_search_on_damaged_index_prints_one_line(index_copy):
 
 @pytest.mark.parametrize("content", ["{", "[]", '{"format_version": 1}'])
 def test_invalid_header_is_named(index_copy, content):
-    (index_copy / "index.json").write_text(content)
+    (resolve_version(index_copy) / "index.json").write_text(content)
 
     with pytest.raises(IndexFormatError, match="index.json"):
         open_index(index_copy)
@@ -253,9 +255,10 @@ def test_newer_manifest_version_is_rejected(tmp_path):
 def _edit_header(index: Path, edit) -> None:
     import json
 
-    header = json.loads((index / "index.json").read_text())
+    header_path = resolve_version(index) / "index.json"
+    header = json.loads(header_path.read_text())
     edit(header)
-    (index / "index.json").write_text(json.dumps(header))
+    header_path.write_text(json.dumps(header))
 
 
 @pytest.mark.parametrize(
