@@ -9,6 +9,7 @@ same settings, redoing only unfinished units and steps.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -24,9 +25,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from grdr_core import remote
 from grdr_core.decode import DecodeConfig
 from grdr_core.discovery import VIDEO_EXTENSIONS, VideoFile, discover_videos
-from grdr_core.errors import BuildIncompleteError, InvalidInputError, NothingIndexedError
+from grdr_core.errors import BuildIncompleteError, IndexExistsError, InvalidInputError, NothingIndexedError
 from grdr_core.features import ClipEncoder, EncoderConfig
 from grdr_core.index import check_output_path, publish, write_header
 from grdr_core.manifest import ManifestWriter
@@ -44,8 +46,9 @@ from grdr_core.stages import (
     unit_done,
     write_json_atomic,
 )
+from grdr_core.versions import DEFAULT_KEEP, next_version_name
 from grdr_schemas.build import BUILD_FILES_SCHEMA, BUILD_WORK_VERSION, DEFAULT_FILES_PER_UNIT, WorkLayout, work_dir_for
-from grdr_schemas.index import IndexLayout
+from grdr_schemas.index import IndexLayout, version_name, version_number
 from grdr_schemas.manifest import MANIFEST_SCHEMA, VideoStatus
 from grdr_schemas.shards import DEFAULT_RECORDS_PER_SHARD
 
@@ -61,8 +64,10 @@ MapRunner = Callable[[MapSettings, list[WorkUnit]], None]
 
 @dataclass(frozen=True)
 class BuildConfig:
-    input_root: Path
-    out_dir: Path
+    """Settings of one build. ``input_root`` and ``out_dir`` are local paths or fsspec URLs."""
+
+    input_root: Path | str
+    out_dir: Path | str
     decode: DecodeConfig = field(default_factory=DecodeConfig)
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     quantizer: QuantizerConfig = field(default_factory=QuantizerConfig)
@@ -70,8 +75,10 @@ class BuildConfig:
     records_per_shard: int = DEFAULT_RECORDS_PER_SHARD
     overwrite: bool = False
     files_per_unit: int = DEFAULT_FILES_PER_UNIT
-    # Where unfinished work is kept; by default ``.<out name>.grdr-build`` beside the output.
+    # Where unfinished work is kept. By default ``.<out name>.grdr-build`` beside the
+    # output, or beside its local copy when the output is a URL.
     work_dir: Path | None = None
+    keep_versions: int = DEFAULT_KEEP
 
     def __post_init__(self) -> None:
         if self.workers < 1:
@@ -82,7 +89,7 @@ class BuildConfig:
 
 @dataclass
 class BuildSummary:
-    out_dir: Path
+    out_dir: Path | str  # the URL when the index was uploaded
     discovered: int
     indexed: int
     status_counts: dict[str, int]
@@ -132,7 +139,8 @@ def build_index(
     ``NothingIndexedError`` (and publishes nothing) when no video could be indexed.
     """
     started = time.monotonic()
-    out_dir = Path(config.out_dir).resolve()
+    out_url = str(config.out_dir) if remote.is_remote(config.out_dir) else None
+    out_dir = _local_build_root(out_url) if out_url else Path(config.out_dir).resolve()
     work = WorkLayout(Path(config.work_dir).resolve() if config.work_dir else work_dir_for(out_dir))
     # The driver loads the encoder too: it checks the model before any work is
     # scheduled, and the header records its checksum.
@@ -142,13 +150,18 @@ def build_index(
 
     units = _resume(work, settings)
     if units is None:
-        check_output_path(out_dir, config.overwrite, input_root=config.input_root)
+        if out_url:
+            _check_remote_output(out_url, config.overwrite)
+        else:
+            input_root = None if remote.is_remote(config.input_root) else config.input_root
+            check_output_path(out_dir, config.overwrite, input_root=input_root)
         files = discover_videos(config.input_root)
         if not files:
             raise NothingIndexedError(
                 f"No video files found under {config.input_root} (extensions: {', '.join(sorted(VIDEO_EXTENSIONS))})"
             )
-        units = _write_plan(work, settings, files, config.files_per_unit)
+        version = _next_version(out_dir, out_url)
+        units = _write_plan(work, settings, files, config.files_per_unit, version)
     pending = [unit for unit in units if not unit_done(work, unit.number)]
     if on_discovered is not None:
         on_discovered(sum(len(unit.files) for unit in pending))
@@ -171,7 +184,7 @@ def build_index(
     discovered = sum(len(unit.files) for unit in units)
     indexed = status_counts.get(VideoStatus.OK.value, 0)
     summary = BuildSummary(
-        out_dir, discovered, indexed, dict(status_counts), 0.0, units=len(units), units_resumed=len(units) - len(pending)
+        out_url or out_dir, discovered, indexed, dict(status_counts), 0.0, units=len(units), units_resumed=len(units) - len(pending)
     )
     if indexed == 0:
         shutil.rmtree(work.root)
@@ -184,8 +197,13 @@ def build_index(
     if work.staging.exists():
         write_header(layout, _header(config, decode_config, encoder, tokenizer_header, summary))
         checkpoint("before-publish")
-        publish(work.staging, out_dir, overwrite=config.overwrite)
+    # Overwriting was checked when the build was planned. Publishing again with the
+    # planned version name only completes a publish that a killed run started.
+    version = json.loads(work.plan.read_text())["version"]
+    publish(work.staging, out_dir, overwrite=True, keep=config.keep_versions, version=version)
     checkpoint("after-publish")
+    if out_url:
+        remote.upload_tree(out_dir, out_url)
     shutil.rmtree(work.root)
 
     summary.seconds = time.monotonic() - started
@@ -193,12 +211,44 @@ def build_index(
     return summary
 
 
+def _local_build_root(out_url: str) -> Path:
+    """Return the local index root that a build for the URL ``out_url`` publishes into before uploading."""
+    key = hashlib.sha256(out_url.rstrip("/").encode()).hexdigest()[:24]
+    return remote.default_cache_dir() / "builds" / key / "index"
+
+
+def _check_remote_output(out_url: str, overwrite: bool) -> None:
+    """Reject a URL that holds an index already, unless ``overwrite`` allows a new version there."""
+    fs, path = remote.filesystem(out_url)
+    fs.invalidate_cache(path)
+    has_index = fs.exists(f"{path.rstrip('/')}/CURRENT") or fs.exists(f"{path.rstrip('/')}/index.json")
+    if has_index and not overwrite:
+        raise IndexExistsError(f"An index exists at {out_url} (pass --overwrite to publish a new version of it)")
+    if not has_index and fs.exists(path) and fs.ls(path):
+        raise IndexExistsError(f"{out_url} exists and is not a grdr index; choose another output URL")
+
+
+def _next_version(out_dir: Path, out_url: str | None) -> str:
+    """Return the version name this build publishes, above every local and remote version."""
+    numbers = [version_number(next_version_name(out_dir)) if out_dir.exists() else 1]
+    if out_url:
+        fs, path = remote.filesystem(out_url)
+        versions = f"{path.rstrip('/')}/versions"
+        names = [name.rstrip("/").rsplit("/", 1)[-1] for name in fs.ls(versions, detail=False)] if fs.exists(versions) else []
+        numbers += [version_number(name) + 1 for name in names if version_number(name) is not None]
+    return version_name(max(numbers))
+
+
+def _location(path: Path | str) -> str:
+    return str(path) if remote.is_remote(path) else str(Path(path).resolve())
+
+
 def _plan_settings(config: BuildConfig, decode_config: DecodeConfig, encoder: ClipEncoder) -> dict[str, Any]:
     """Return the settings that must match for a build to resume another one's work."""
     return {
         "work_version": BUILD_WORK_VERSION,
-        "input_root": str(Path(config.input_root).resolve()),
-        "out_dir": str(Path(config.out_dir).resolve()),
+        "input_root": _location(config.input_root),
+        "out_dir": _location(config.out_dir),
         "encoder": {"name": encoder.name, "checksum": encoder.checksum, "batch_size": config.encoder.batch_size},
         "decode": asdict(decode_config),
         "quantizer": asdict(config.quantizer),
@@ -232,7 +282,9 @@ def _resume(work: WorkLayout, settings: dict[str, Any]) -> list[WorkUnit] | None
     return units
 
 
-def _write_plan(work: WorkLayout, settings: dict[str, Any], files: list[VideoFile], files_per_unit: int) -> list[WorkUnit]:
+def _write_plan(
+    work: WorkLayout, settings: dict[str, Any], files: list[VideoFile], files_per_unit: int, version: str
+) -> list[WorkUnit]:
     """Split ``files`` into units and record them and the settings; ``plan.json`` goes last."""
     work.units_dir.mkdir(parents=True, exist_ok=True)
     units = [
@@ -251,7 +303,7 @@ def _write_plan(work: WorkLayout, settings: dict[str, Any], files: list[VideoFil
         schema=BUILD_FILES_SCHEMA,
     )
     pq.write_table(table, work.files, compression="zstd")
-    write_json_atomic(work.plan, {"settings": settings, "units": len(units), "files": len(files)})
+    write_json_atomic(work.plan, {"settings": settings, "units": len(units), "files": len(files), "version": version})
     return units
 
 
@@ -332,7 +384,7 @@ def _header(
 ) -> dict[str, Any]:
     return {
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "input_root": str(Path(config.input_root).resolve()),
+        "input_root": _location(config.input_root),
         "encoder": {"name": encoder.name, "checksum": encoder.checksum, "dim": encoder.dim},
         "decode": asdict(decode_config),
         "tokenizer": tokenizer_header,

@@ -23,7 +23,7 @@ from grdr_core.manifest import read_manifest
 from grdr_core.shards import ShardReader
 from grdr_core.trie import TrieReader
 from grdr_core.verify import check_on_open, read_header, sha256_file
-from grdr_core.versions import DEFAULT_KEEP, is_index_root, open_resolved, publish_version, version_root_of
+from grdr_core.versions import DEFAULT_KEEP, is_index_root, local_index_path, open_resolved, publish_version, version_root_of
 from grdr_schemas.index import INDEX_FORMAT_VERSION, IndexLayout
 
 logger = logging.getLogger(__name__)
@@ -127,13 +127,15 @@ class Index:
 def open_index(directory: str | os.PathLike[str]) -> Index:
     """Open the current version of an index for reading, checking its format version and its files.
 
-    ``directory`` is an index root, a single-version index or one version directory.
+    ``directory`` is an index root, a single-version index or one version directory,
+    or the URL of a remote index, which is downloaded into a local cache first.
     The version is resolved once, so a publish meanwhile cannot mix two versions. Every
     file listed in ``index.json`` must exist with its recorded size, and the trie and
     model files must match their SHA-256 sums. ``grdr_core.verify`` explains what this
     quick check leaves to ``grdr-index verify``. Raises ``IndexFormatError`` naming the
     damaged files.
     """
+    directory = local_index_path(directory)
     return open_resolved(directory, lambda version_dir: open_index_version(Path(directory), version_dir))
 
 

@@ -22,7 +22,7 @@ from grdr_core.query_checks import check_query_limits, check_query_text
 from grdr_core.recall import beam_search, candidates_from_ids
 from grdr_core.retriever_runtime import RetrieverRuntime
 from grdr_core.search import SearchHit, hits_for
-from grdr_core.versions import open_resolved
+from grdr_core.versions import local_index_path, open_resolved
 
 if TYPE_CHECKING:
     from grdr_core.features import ClipEncoder
@@ -44,6 +44,7 @@ class Searcher:
     """Answer text queries against one index version with recall + rerank."""
 
     def __init__(self, index_dir: str | os.PathLike[str], model: str | None = None, device: str = "cpu") -> None:
+        index_dir = local_index_path(index_dir)
         # The index and the retriever come from one version, resolved once.
         self.index, self.retriever = open_resolved(index_dir, lambda version_dir: _open_version(Path(index_dir), version_dir))
         self._model = model

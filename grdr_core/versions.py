@@ -98,6 +98,20 @@ def resolve_version(root: str | os.PathLike[str]) -> Path:
     raise IndexFormatError(f"Not a grdr index (no CURRENT file or index.json): {paths.root}")
 
 
+def local_index_path(root: str | os.PathLike[str]) -> str | os.PathLike[str]:
+    """Return ``root``, or for a remote URL (s3://...) a local copy of that index from the cache.
+
+    ``grdr_core.remote.open_remote_index`` explains the cache. fsspec is imported only
+    for a URL, so opening a local index stays light.
+    """
+    if isinstance(root, str) and ("://" in root or "::" in root):
+        from grdr_core import remote
+
+        if remote.is_remote(root):
+            return remote.open_remote_index(root)
+    return root
+
+
 def open_resolved(root: str | os.PathLike[str], opener: Callable[[Path], T]) -> T:
     """Return ``opener(version_dir)`` for the version that ``root`` resolves to.
 

@@ -14,6 +14,7 @@ import click
 from grdr_core.errors import GrdrError
 from grdr_core.query_checks import MAX_BEAM, MAX_CANDIDATES, MAX_K
 from grdr_core.versions import DEFAULT_KEEP
+from grdr_schemas.build import DEFAULT_FILES_PER_UNIT
 
 logger = logging.getLogger("grdr_jobs.cli")
 
@@ -40,9 +41,9 @@ def cli(verbose: bool) -> None:
     _configure_logging(verbose)
 
 
-@cli.command()
-@click.argument("input_dir", required=False, type=click.Path(path_type=Path))
-@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Directory to publish the index at.")
+@cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.argument("input_dir", required=False)
+@click.option("--out", "out_dir", required=True, help="Directory or fsspec URL (s3://, gs://) to publish the index at.")
 @click.option("--features", "features_path", default=None, type=click.Path(path_type=Path), help="Precomputed video embeddings to index instead of INPUT_DIR: Parquet (video_id, embedding) or .npy.")
 @click.option("--ids", "ids_path", default=None, type=click.Path(path_type=Path), help="Video ids of a .npy --features file, one per line, line i naming row i [default: NAME.ids.txt beside NAME.npy].")
 @click.option("--encoder-name", default=None, help="Model that produced the --features embeddings, recorded in index.json; queries must come from the same model [default: unknown].")
@@ -50,7 +51,11 @@ def cli(verbose: bool) -> None:
 @click.option("--device", default="cpu", show_default=True, help='Torch device for the image encoder, e.g. "cpu" or "cuda".')
 @click.option("--frames", "num_frames", default=12, show_default=True, type=click.IntRange(min=1), help="Frames sampled uniformly per video.")
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1), help="Frames per encoder forward pass.")
-@click.option("--workers", default=None, type=click.IntRange(min=1), help="Decoder worker processes [default: number of CPUs].")
+@click.option("--workers", default=None, type=click.IntRange(min=1), help="Decoder worker processes [default: number of CPUs with --engine local, 1 per Beam or Ray worker].")
+@click.option("--engine", type=click.Choice(["local", "beam", "ray"]), default="local", show_default=True, help="Where the decode and encode stage runs. With beam, options this command does not know go to Beam's PipelineOptions (--runner, --setup_file, --num_workers, ...).")
+@click.option("--ray-address", default=None, help="Ray cluster to join with --engine ray (e.g. auto); by default a local Ray instance is started.")
+@click.option("--files-per-unit", default=DEFAULT_FILES_PER_UNIT, show_default=True, type=click.IntRange(min=1), help="Files per unit of work: what an engine hands to one worker and what a resumed build redoes.")
+@click.option("--work-dir", default=None, type=click.Path(path_type=Path), help="Folder for unfinished work, which a rerun of the same command resumes from [default: .NAME.grdr-build beside --out]. Must be readable by every Beam or Ray worker.")
 @click.option("--timeout", "timeout_s", default=120.0, show_default=True, type=click.FloatRange(min=0, min_open=True), help="Wall-clock limit per video decode, in seconds.")
 @click.option("--max-pixels", default=None, type=click.IntRange(min=0), help="Pixels per frame (coded width x height) above which a video gets status too_large; 0 for no limit [default: 7680x4320 = 33177600].")
 @click.option("--max-duration", "max_duration_s", default=None, type=click.FloatRange(min=0), help="Duration in seconds above which a video gets status too_large; 0 for no limit [default: 14400, four hours].")
@@ -60,8 +65,8 @@ def cli(verbose: bool) -> None:
 @click.option("--overwrite", is_flag=True, help="Publish a new version of the existing index at --out; readers of the old version keep working.")
 @click.option("--keep-versions", "keep_versions", default=DEFAULT_KEEP, show_default=True, type=click.IntRange(min=1), help="Versions of the index to keep after publishing; older ones are deleted, never the current one.")
 def build(
-    input_dir: Path | None,
-    out_dir: Path,
+    input_dir: str | None,
+    out_dir: str,
     features_path: Path | None,
     ids_path: Path | None,
     encoder_name: str | None,
@@ -70,6 +75,10 @@ def build(
     num_frames: int,
     batch_size: int,
     workers: int | None,
+    engine: str,
+    ray_address: str | None,
+    files_per_unit: int,
+    work_dir: Path | None,
     timeout_s: float,
     max_pixels: int | None,
     max_duration_s: float | None,
@@ -86,12 +95,20 @@ def build(
     the same length in every row). A .npy file contains a 2-D float array, and its ids
     come from --ids. Rows whose embedding is null, not finite or all zeros are recorded
     in the manifest with status invalid_embedding and are not indexed.
+
+    INPUT_DIR and --out may be fsspec URLs such as s3://bucket/videos. A build that
+    is killed resumes when the same command is run again.
     """
+    extra_args = click.get_current_context().args
+    if extra_args and engine != "beam":
+        raise click.UsageError(f"Unknown options {' '.join(extra_args)} (only --engine beam passes options on to Beam).")
+    if engine != "ray" and ray_address is not None:
+        raise click.UsageError("--ray-address applies only to --engine ray.")
     if (input_dir is None) == (features_path is None):
         raise click.UsageError("Give exactly one of INPUT_DIR (a folder of videos) and --features FILE (precomputed embeddings).")
     if features_path is not None:
         _reject_video_options(click.get_current_context())
-        _build_from_features(features_path, ids_path, encoder_name, out_dir, levels, codes_per_level, seed, overwrite)
+        _build_from_features(features_path, ids_path, encoder_name, Path(out_dir), levels, codes_per_level, seed, overwrite)
         _prune_after_build(out_dir, keep_versions)
         return
     for name, value in (("--ids", ids_path), ("--encoder-name", encoder_name)):
@@ -113,9 +130,17 @@ def build(
         decode=DecodeConfig(num_frames=num_frames, timeout_s=timeout_s, **_decode_limits(max_pixels, max_duration_s)),
         encoder=EncoderConfig(model=model or DEFAULT_MODEL, device=device, batch_size=batch_size),
         quantizer=QuantizerConfig(levels=levels, codes_per_level=codes_per_level, seed=seed),
-        workers=workers or max(1, os.cpu_count() or 1),
+        workers=workers or (max(1, os.cpu_count() or 1) if engine == "local" else 1),
         overwrite=overwrite,
+        files_per_unit=files_per_unit,
+        work_dir=work_dir,
+        keep_versions=keep_versions,
     )
+    if engine != "local":
+        summary = build_index(config, map_runner=_map_runner(engine, extra_args, ray_address))
+        click.echo(f"Indexed {summary.out_dir}: {summary.describe()}")
+        click.echo(summary.status_table())
+        return
     with logging_redirect_tqdm(), tqdm(
         unit="video",
         desc="indexing",
@@ -129,9 +154,26 @@ def build(
             bar.refresh()
 
         summary = build_index(config, progress=lambda file, status: bar.update(1), on_discovered=set_total)
-    _prune_after_build(out_dir, keep_versions)
     click.echo(f"Indexed {summary.out_dir}: {summary.describe()}")
     click.echo(summary.status_table())
+
+
+def _local_index(ctx: click.Context, param: click.Parameter, value: str) -> Path:
+    """Return the local path of an index argument, downloading a remote index (s3://...) into the cache."""
+    from grdr_core.versions import local_index_path
+
+    return Path(local_index_path(value))
+
+
+def _map_runner(engine: str, beam_args: list[str], ray_address: str | None):
+    """Return the map-stage runner of a distributed engine; its package loads only here."""
+    if engine == "beam":
+        from grdr_pipelines.beam_build import beam_map_runner
+
+        return beam_map_runner(beam_args)
+    from grdr_pipelines.ray_build import ray_map_runner
+
+    return ray_map_runner(address=ray_address)
 
 
 def _prune_after_build(out_dir: Path, keep_versions: int) -> None:
@@ -189,7 +231,7 @@ def _build_from_features(
 
 
 @cli.command()
-@click.argument("index_dir", type=click.Path(path_type=Path))
+@click.argument("index_dir", callback=_local_index)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def inspect(index_dir: Path, as_json: bool) -> None:
     """Print counts, semantic-ID statistics and sizes of an index."""
@@ -205,7 +247,7 @@ def inspect(index_dir: Path, as_json: bool) -> None:
 
 
 @cli.command()
-@click.argument("index_dir", type=click.Path(path_type=Path))
+@click.argument("index_dir", callback=_local_index)
 def verify(index_dir: Path) -> None:
     """Check every file of an index against the sizes and SHA-256 sums in its index.json.
 
@@ -275,7 +317,7 @@ def rollback(index_dir: Path, to: str | None) -> None:
 
 
 @cli.command()
-@click.argument("index_dir", type=click.Path(path_type=Path))
+@click.argument("index_dir", callback=_local_index)
 @click.argument("text")
 @click.option("-k", "k", default=10, show_default=True, type=click.IntRange(1, MAX_K), help="Number of results.")
 @click.option("--model", default=None, help="Encoder to load instead of the one recorded in the index (a local directory of the same weights).")
@@ -356,7 +398,7 @@ def train(
 
 
 @cli.command()
-@click.argument("index_dir", type=click.Path(path_type=Path))
+@click.argument("index_dir", callback=_local_index)
 @click.argument("text")
 @click.option("-k", "k", default=10, show_default=True, type=click.IntRange(1, MAX_K), help="Number of results; fewer when fewer videos are candidates.")
 @click.option("--beam", default=20, show_default=True, type=click.IntRange(1, MAX_BEAM), help="Beam width of the constrained decoding.")
@@ -387,7 +429,7 @@ def query(index_dir: Path, text: str, k: int, beam: int, max_candidates: int, mo
 
 
 @cli.command(name="eval")
-@click.argument("index_dir", type=click.Path(path_type=Path))
+@click.argument("index_dir", callback=_local_index)
 @click.option("--queries", "queries_path", required=True, type=click.Path(path_type=Path), help="Queries file (CSV, JSONL or Parquet): video_id, and text or embedding, optional query_id.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as one JSON object.")
 @click.option("--report", "report_dir", default=None, type=click.Path(path_type=Path), help="Directory to write a Markdown report with PNG plots into (adds a beam sweep and a corpus-size sweep).")
@@ -431,10 +473,10 @@ def evaluate_command(
     click.echo(json.dumps(result, indent=2) if as_json else format_table(result))
 
 
-def main() -> None:
-    """Run the CLI; a grdr error prints one line and exits with status 1."""
+def main(argv: list[str] | None = None) -> None:
+    """Run the CLI on ``argv`` (default: the command line); a grdr error prints one line and exits with status 1."""
     try:
-        cli.main(standalone_mode=False)
+        cli.main(args=argv, standalone_mode=False)
     except GrdrError as exc:
         click.echo(f"grdr-index: error: {exc}", err=True)
         sys.exit(1)

@@ -7,13 +7,18 @@ from pathlib import Path
 
 import pytest
 
+from click.testing import CliRunner
+
 from grdr_core.build import BuildConfig, build_index
 from grdr_core.decode import DecodeConfig
 from grdr_core.features import ClipEncoder, EncoderConfig
 from grdr_core.quantize import QuantizerConfig
 from grdr_core.testing.videos import write_test_video
 from grdr_schemas.build import work_dir_for
+from grdr_jobs.cli import cli
 from index_contents import assert_same_index
+
+MSVD_CLIPS = Path(__file__).resolve().parents[2] / "shared" / "data" / "msvd" / "clips"
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +62,8 @@ def test_beam_engine_matches_local(corpus, local_index, tiny_clip_dir, encoder, 
     runner = beam_map_runner(["--runner=DirectRunner", "--direct_running_mode=multi_processing", "--direct_num_workers=2"])
     summary = build_index(_config(corpus, out, tiny_clip_dir), encoder=encoder, map_runner=runner)
 
-    assert summary.discovered == 8 and summary.indexed == 7
+    assert summary.discovered == 8
+    assert summary.indexed == 7
     assert not work_dir_for(out.resolve()).exists()
     assert_same_index(out, local_index)
 
@@ -68,5 +74,30 @@ def test_ray_engine_matches_local(corpus, local_index, tiny_clip_dir, encoder, t
     out = tmp_path / "ray"
     summary = build_index(_config(corpus, out, tiny_clip_dir), encoder=encoder, map_runner=ray_map_runner(actors=2))
 
-    assert summary.discovered == 8 and summary.indexed == 7
+    assert summary.discovered == 8
+    assert summary.indexed == 7
     assert_same_index(out, local_index)
+
+
+@pytest.mark.skipif(not MSVD_CLIPS.is_dir(), reason=f"real clips not found at {MSVD_CLIPS}")
+def test_cli_engines_agree_on_real_clips(tiny_clip_dir, tmp_path):
+    common = ["--model", str(tiny_clip_dir), "--frames", "4", "--levels", "2", "--codes", "3", "--files-per-unit", "3"]
+    commands = {
+        "local": ["--workers", "2"],
+        "beam": ["--engine", "beam", "--direct_running_mode=multi_processing", "--direct_num_workers=2"],
+        "ray": ["--engine", "ray"],
+    }
+    for engine, options in commands.items():
+        result = CliRunner().invoke(cli, ["build", str(MSVD_CLIPS), "--out", str(tmp_path / engine), *common, *options])
+        assert result.exit_code == 0, f"{engine}: {result.output} {result.exception!r}"
+        assert "11 files discovered, 11 indexed" in result.output
+
+    assert_same_index(tmp_path / "beam", tmp_path / "local")
+    assert_same_index(tmp_path / "ray", tmp_path / "local")
+
+
+def test_cli_rejects_beam_options_for_other_engines(tiny_clip_dir, corpus, tmp_path):
+    result = CliRunner().invoke(cli, ["build", str(corpus), "--out", str(tmp_path / "i"), "--runner=DirectRunner"])
+
+    assert result.exit_code != 0
+    assert "only --engine beam passes options on to Beam" in result.output

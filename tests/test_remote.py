@@ -523,3 +523,54 @@ def test_upload_to_missing_bucket_raises(tmp_path, s3_env):
     _write_tree(tmp_path, {"index.json": b"{}"})
     with pytest.raises(InvalidInputError, match="Failed to upload"):
         upload_tree(tmp_path, "s3://grdr-test-no-such-bucket/idx")
+
+
+def test_build_from_s3_to_s3(s3_bucket, network_guard, tiny_clip_dir, tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from grdr_core.build import BuildConfig, build_index
+    from grdr_core.features import EncoderConfig
+    from grdr_core.index import open_index
+    from grdr_core.quantize import QuantizerConfig
+    from grdr_jobs.cli import cli
+
+    monkeypatch.setenv("GRDR_CACHE_DIR", str(tmp_path / "cache"))
+    videos = tmp_path / "videos"
+    for i in range(4):
+        write_test_video(videos / f"clip{i}.mp4", frames=6 + i, width=48 + 8 * i, height=40)
+    (videos / "broken.avi").write_bytes(b"not a video" * 50)
+    upload_tree(videos, f"{s3_bucket}/lake")
+
+    def config(input_root, out):
+        return BuildConfig(
+            input_root=input_root,
+            out_dir=out,
+            decode=DecodeConfig(num_frames=3, timeout_s=60),
+            encoder=EncoderConfig(model=str(tiny_clip_dir), batch_size=8),
+            quantizer=QuantizerConfig(levels=2, codes_per_level=2, seed=0),
+            workers=1,
+            files_per_unit=2,
+        )
+
+    summary = build_index(config(f"{s3_bucket}/lake", f"{s3_bucket}/index"))
+    local = tmp_path / "local-index"
+    build_index(config(videos, local))
+
+    assert summary.out_dir == f"{s3_bucket}/index"
+    assert summary.discovered == 5
+    assert summary.indexed == 4
+    assert fsspec.filesystem("s3").exists(f"{s3_bucket}/index/CURRENT")
+    index = open_index(f"{s3_bucket}/index")
+    try:
+        assert index.video_ids.to_pylist() == [f"clip{i}.mp4" for i in range(4)]
+        assert index.uri(0) == f"{s3_bucket}/lake/clip0.mp4"
+        assert np.array_equal(index.shards.get([0, 1, 2, 3]), open_index(local).shards.get([0, 1, 2, 3]))
+    finally:
+        index.close()
+
+    result = CliRunner().invoke(cli, ["inspect", f"{s3_bucket}/index", "--json"])
+    assert result.exit_code == 0, result.output
+    # A second build to the same URL is rejected without --overwrite, and adds a version with it.
+    again = CliRunner().invoke(cli, ["build", f"{s3_bucket}/lake", "--out", f"{s3_bucket}/index", "--model", str(tiny_clip_dir), "--workers", "1", "--frames", "3", "--codes", "2", "--levels", "2"])
+    assert "An index exists" in str(again.exception)
+    assert not network_guard.blocked
