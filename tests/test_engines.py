@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
+import subprocess
+import sys
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -101,3 +103,15 @@ def test_cli_rejects_beam_options_for_other_engines(tiny_clip_dir, corpus, tmp_p
 
     assert result.exit_code != 0
     assert "only --engine beam passes options on to Beam" in result.output
+
+
+def test_setup_py_works_as_beam_setup_file(tmp_path):
+    # Beam runs `python setup.py sdist` on a --setup_file and installs the result on each worker.
+    repository = Path(__file__).resolve().parents[1]
+    subprocess.run([sys.executable, "setup.py", "-q", "sdist", "-d", str(tmp_path)], cwd=repository, check=True, capture_output=True)
+
+    (archive,) = tmp_path.glob("grdr-*.tar.gz")
+    with tarfile.open(archive) as tar:
+        names = {name.split("/", 1)[1] for name in tar.getnames() if "/" in name}
+    for module in ("pipelines/beam_build.py", "pipelines/ray_build.py", "grdr_core/stages.py", "schemas/build.py", "jobs/cli.py"):
+        assert module in names
