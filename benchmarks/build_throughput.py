@@ -286,11 +286,12 @@ def measure_decode(paths: list[str], decode_config: Any, workers: int, repeats: 
     return first_pass, steady, videos
 
 
-def group_like_build(frame_counts: list[int], batch_size: int) -> list[list[int]]:
-    """Split video indices into the groups that ``build_index`` passes to one ``encode_videos`` call.
+def group_like_build(frame_counts: list[int], flush_frames: int, files_per_unit: int) -> list[list[int]]:
+    """Split video indices into the groups that the build passes to one ``encode_videos`` call.
 
-    The build collects decoded videos until they hold at least ``batch_size`` frames,
-    then encodes them together, so a group usually ends with a partial forward pass.
+    The build's map stage collects decoded videos until they hold at least
+    ``flush_frames`` frames, or its unit of ``files_per_unit`` files ends, then encodes
+    them together, so a group usually ends with a partial forward pass.
     """
     groups: list[list[int]] = []
     current: list[int] = []
@@ -298,7 +299,7 @@ def group_like_build(frame_counts: list[int], batch_size: int) -> list[list[int]
     for index, count in enumerate(frame_counts):
         current.append(index)
         frames += count
-        if frames >= batch_size:
+        if frames >= flush_frames or (index + 1) % files_per_unit == 0:
             groups.append(current)
             current, frames = [], 0
     if current:
@@ -308,9 +309,12 @@ def group_like_build(frame_counts: list[int], batch_size: int) -> list[list[int]
 
 def measure_encode(encoder: Any, videos: list[Any], repeats: int) -> RateFigures:
     """Encode the in-memory ``videos`` in build-sized groups ``repeats`` times, after one warm-up call."""
-    encoder.encode_frames(videos[0][: min(len(videos[0]), 4)])  # first call allocates buffers and kernels
+    from grdr_core.stages import ENCODE_BATCHES_PER_FLUSH
+    from grdr_schemas.build import DEFAULT_FILES_PER_UNIT
 
-    groups = group_like_build([len(v) for v in videos], encoder.config.batch_size)
+    encoder.encode_frames(videos[0][: min(len(videos[0]), 4)])  # first call allocates buffers and kernels
+    flush_frames = ENCODE_BATCHES_PER_FLUSH * encoder.config.batch_size
+    groups = group_like_build([len(v) for v in videos], flush_frames, DEFAULT_FILES_PER_UNIT)
     with TreeMonitor() as monitor:
         for _ in range(repeats):
             for group in groups:
@@ -323,7 +327,7 @@ def measure_encode(encoder: Any, videos: list[Any], repeats: int) -> RateFigures
 
 
 class StageClock:
-    """Wall seconds per build stage, accumulated by wrapped functions of the build module."""
+    """Wall seconds per build stage, accumulated by wrapped functions of the build modules."""
 
     def __init__(self) -> None:
         self.seconds: defaultdict[str, float] = defaultdict(float)
@@ -354,79 +358,68 @@ class StageClock:
 
 
 # Stages of the build's main thread, in pipeline order. They do not nest, so their sum is
-# at most the build's wall time, and "other" is the rest (orchestration, staging cleanup).
+# at most the build's wall time, and "other" is the rest (planning, orchestration, cleanup).
 STAGES = (
     "discover",  # walk the input folder and fingerprint every file
     "decode_wait",  # main thread blocked on DecodePool: worker start, decoding not yet done, pool shutdown
     "encode",  # ClipEncoder.encode_videos
-    "write",  # shard and manifest appends and their final flush
+    "write",  # each unit's embeddings and manifest part, then the merge of all units into shards and manifest
     "semantic_ids",  # residual k-means fit, code assignment, LMDB trie, tokenizer files
-    "checksum_header",  # SHA-256 of the encoder weights and the header dictionary
+    "checksum_header",  # SHA-256 of the encoder weights (taken when the build plans its settings) and the header
     "publish",  # index.json with SHA-256 of every file, then the rename into place
 )
 
 
-# Functions that grdr_core.build calls through its module namespace, and the stage each one
-# is charged to. Stages listing several names accept whichever the build module has.
+# Functions that the build calls through a module's namespace, as (module, name, stage).
+# A stage listing several names accepts whichever its module has. The map stage
+# (decoding, encoding, unit files) lives in grdr_core.stages; planning, the merge and
+# everything after it in grdr_core.build.
 FUNCTION_STAGES = (
-    ("discover_videos", "discover"),
-    ("assign_baseline_ids", "semantic_ids"),
-    ("_assign_semantic_ids", "semantic_ids"),  # the name in earlier versions of the build module
-    ("_header", "checksum_header"),
-    ("write_header", "publish"),
-    ("publish", "publish"),
+    ("grdr_core.build", "discover_videos", "discover"),
+    ("grdr_core.stages", "write_unit", "write"),
+    ("grdr_core.build", "_merge_units", "write"),
+    ("grdr_core.build", "assign_baseline_ids", "semantic_ids"),
+    ("grdr_core.build", "_plan_settings", "checksum_header"),
+    ("grdr_core.build", "_header", "checksum_header"),
+    ("grdr_core.build", "write_header", "publish"),
+    ("grdr_core.build", "publish", "publish"),
 )
 
 
 @contextlib.contextmanager
 def instrument_build(clock: StageClock, encoder: Any) -> Iterator[list[str]]:
-    """Patch the build module's collaborators so that each stage's time lands in ``clock``.
+    """Patch the build's collaborators so that each stage's time lands in ``clock``.
 
-    Yields the stages that could not be instrumented because the build module no longer
-    has the names they patch. Their time then shows up under "other".
+    Times the local engine, where the map stage runs in the build's own process. Yields
+    the stages that could not be instrumented because the build modules no longer have
+    the names they patch. Their time then shows up under "other".
     """
+    import importlib
     from unittest import mock
 
-    import grdr_core.build as build
+    import grdr_core.stages as stages
 
-    class TimedDecodePool(build.DecodePool):
+    class TimedDecodePool(stages.DecodePool):
         def imap(self, paths: Any) -> Iterator[Any]:
             return clock.timed_iterator("decode_wait", super().imap(paths))
 
         def close(self) -> None:
             clock.wrap("decode_wait", super().close)()
 
-    class TimedShardWriter(build.ShardWriter):
-        def append(self, embeddings: Any) -> range:
-            return clock.wrap("write", super().append)(embeddings)
-
-        def close(self) -> int:
-            return clock.wrap("write", super().close)()
-
-    class TimedManifestWriter(build.ManifestWriter):
-        def add(self, row: dict[str, Any]) -> None:
-            clock.wrap("write", super().add)(row)
-
-        def close(self) -> int:
-            return clock.wrap("write", super().close)()
-
-    replacements: dict[str, Any] = {
-        "DecodePool": TimedDecodePool,
-        "ShardWriter": TimedShardWriter,
-        "ManifestWriter": TimedManifestWriter,
-    }
-    instrumented = {"decode_wait", "write", "encode"}
-    for name, stage in FUNCTION_STAGES:
-        if hasattr(build, name):
-            replacements[name] = clock.wrap(stage, getattr(build, name))
+    patches: list[tuple[Any, str, Any]] = [(stages, "DecodePool", TimedDecodePool)]
+    instrumented = {"decode_wait", "encode"}
+    for module_name, name, stage in FUNCTION_STAGES:
+        module = importlib.import_module(module_name)
+        if hasattr(module, name):
+            patches.append((module, name, clock.wrap(stage, getattr(module, name))))
             instrumented.add(stage)
     missing = [stage for stage in STAGES if stage not in instrumented]
     if missing:
-        logger.warning("grdr_core.build has none of the functions timed for stages %s; their time counts as other", missing)
+        logger.warning("The build modules have none of the functions timed for stages %s; their time counts as other", missing)
 
     with contextlib.ExitStack() as stack:
-        for name, replacement in replacements.items():
-            stack.enter_context(mock.patch.object(build, name, replacement))
+        for module, name, replacement in patches:
+            stack.enter_context(mock.patch.object(module, name, replacement))
         timed_encode = clock.wrap("encode", encoder.encode_videos)
 
         def encode_and_count(videos: Any) -> Any:
