@@ -148,7 +148,7 @@ def build_index(
     decode_config = replace(config.decode, short_side=encoder.short_side)
     settings = _plan_settings(config, decode_config, encoder)
 
-    units = _resume(work, settings)
+    units = resume_plan(work, settings)
     if units is None:
         if out_url:
             _check_remote_output(out_url, config.overwrite)
@@ -161,30 +161,15 @@ def build_index(
                 f"No video files found under {config.input_root} (extensions: {', '.join(sorted(VIDEO_EXTENSIONS))})"
             )
         version = _next_version(out_dir, out_url)
-        units = _write_plan(work, settings, files, config.files_per_unit, version)
-    pending = [unit for unit in units if not unit_done(work, unit.number)]
-    if on_discovered is not None:
-        on_discovered(sum(len(unit.files) for unit in pending))
+        units = write_plan(work, settings, files, config.files_per_unit, version)
 
     map_settings = MapSettings(str(work.root), config.encoder, decode_config, decode_workers=config.workers)
-    if pending:
-        if map_runner is None:
-            run_local(map_settings, pending, encoder=encoder, progress=progress)
-        else:
-            map_runner(map_settings, pending)
-    unfinished = [unit.number for unit in units if not unit_done(work, unit.number)]
-    if unfinished:
-        raise BuildIncompleteError(
-            f"The map stage left {len(unfinished)} of {len(units)} units unfinished (first: {unfinished[0]}); "
-            f"run the same command again to resume from {work.root}"
-        )
-
-    results = [read_unit_result(work, unit.number) for unit in units]
+    results, units_run = run_map_stage(work, units, map_settings, encoder, progress, on_discovered, map_runner)
     status_counts = sum((Counter(result.status_counts) for result in results), Counter())
     discovered = sum(len(unit.files) for unit in units)
     indexed = status_counts.get(VideoStatus.OK.value, 0)
     summary = BuildSummary(
-        out_url or out_dir, discovered, indexed, dict(status_counts), 0.0, units=len(units), units_resumed=len(units) - len(pending)
+        out_url or out_dir, discovered, indexed, dict(status_counts), 0.0, units=len(units), units_resumed=len(units) - units_run
     )
     if indexed == 0:
         shutil.rmtree(work.root)
@@ -239,7 +224,8 @@ def _next_version(out_dir: Path, out_url: str | None) -> str:
     return version_name(max(numbers))
 
 
-def _location(path: Path | str) -> str:
+def location(path: Path | str) -> str:
+    """Return a URL as given, or a local path made absolute, as plans and headers record inputs."""
     return str(path) if remote.is_remote(path) else str(Path(path).resolve())
 
 
@@ -247,8 +233,8 @@ def _plan_settings(config: BuildConfig, decode_config: DecodeConfig, encoder: Cl
     """Return the settings that must match for a build to resume another one's work."""
     return {
         "work_version": BUILD_WORK_VERSION,
-        "input_root": _location(config.input_root),
-        "out_dir": _location(config.out_dir),
+        "input_root": location(config.input_root),
+        "out_dir": location(config.out_dir),
         "encoder": {"name": encoder.name, "checksum": encoder.checksum, "batch_size": config.encoder.batch_size},
         "decode": asdict(decode_config),
         "quantizer": asdict(config.quantizer),
@@ -257,7 +243,38 @@ def _plan_settings(config: BuildConfig, decode_config: DecodeConfig, encoder: Cl
     }
 
 
-def _resume(work: WorkLayout, settings: dict[str, Any]) -> list[WorkUnit] | None:
+def run_map_stage(
+    work: WorkLayout,
+    units: list[WorkUnit],
+    settings: MapSettings,
+    encoder: ClipEncoder,
+    progress: ProgressCallback | None = None,
+    on_pending: Callable[[int], None] | None = None,
+    map_runner: MapRunner | None = None,
+) -> tuple[list[UnitResult], int]:
+    """Run the map stage over the units without a marker; return every unit's result and the count that ran.
+
+    ``on_pending`` gets the number of files that still need decoding. Raises
+    ``BuildIncompleteError`` when the engine returns with a unit still unfinished.
+    """
+    pending = [unit for unit in units if not unit_done(work, unit.number)]
+    if on_pending is not None:
+        on_pending(sum(len(unit.files) for unit in pending))
+    if pending:
+        if map_runner is None:
+            run_local(settings, pending, encoder=encoder, progress=progress)
+        else:
+            map_runner(settings, pending)
+    unfinished = [unit.number for unit in units if not unit_done(work, unit.number)]
+    if unfinished:
+        raise BuildIncompleteError(
+            f"The map stage left {len(unfinished)} of {len(units)} units unfinished (first: {unfinished[0]}); "
+            f"run the same command again to resume from {work.root}"
+        )
+    return [read_unit_result(work, unit.number) for unit in units], len(pending)
+
+
+def resume_plan(work: WorkLayout, settings: dict[str, Any]) -> list[WorkUnit] | None:
     """Return the units of an unfinished build with these settings, or None to start afresh.
 
     Work left by a build with other settings is removed with a log line: it is this
@@ -267,7 +284,7 @@ def _resume(work: WorkLayout, settings: dict[str, Any]) -> list[WorkUnit] | None
         return None
     try:
         plan = json.loads(work.plan.read_text())
-        units = _read_units(work) if plan.get("settings") == settings else None
+        units = read_units(work) if plan.get("settings") == settings else None
     except (OSError, ValueError, pa.ArrowException) as exc:
         logger.warning("Unreadable work directory %s (%s); starting the build afresh", work.root, exc)
         units = None
@@ -282,7 +299,7 @@ def _resume(work: WorkLayout, settings: dict[str, Any]) -> list[WorkUnit] | None
     return units
 
 
-def _write_plan(
+def write_plan(
     work: WorkLayout, settings: dict[str, Any], files: list[VideoFile], files_per_unit: int, version: str
 ) -> list[WorkUnit]:
     """Split ``files`` into units and record them and the settings; ``plan.json`` goes last."""
@@ -307,7 +324,7 @@ def _write_plan(
     return units
 
 
-def _read_units(work: WorkLayout) -> list[WorkUnit]:
+def read_units(work: WorkLayout) -> list[WorkUnit]:
     plan = json.loads(work.plan.read_text())
     table = pq.read_table(work.files, schema=BUILD_FILES_SCHEMA).to_pylist()
     if len(table) != plan["files"]:
@@ -384,7 +401,7 @@ def _header(
 ) -> dict[str, Any]:
     return {
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "input_root": _location(config.input_root),
+        "input_root": location(config.input_root),
         "encoder": {"name": encoder.name, "checksum": encoder.checksum, "dim": encoder.dim},
         "decode": asdict(decode_config),
         "tokenizer": tokenizer_header,

@@ -316,6 +316,107 @@ def rollback(index_dir: Path, to: str | None) -> None:
     click.echo(f"Index {index_dir} now serves version {name}")
 
 
+@cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.argument("index_dir", type=click.Path(path_type=Path))
+@click.argument("input_dir", required=False)
+@click.option("--model", default=None, help="CLIP model to encode new files with; must have the weights recorded in the index [default: the recorded encoder].")
+@click.option("--device", default="cpu", show_default=True, help='Torch device for the image encoder, e.g. "cpu" or "cuda".')
+@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1), help="Frames per encoder forward pass.")
+@click.option("--workers", default=None, type=click.IntRange(min=1), help="Decoder worker processes [default: number of CPUs with --engine local, 1 per Beam or Ray worker].")
+@click.option("--engine", type=click.Choice(["local", "beam", "ray"]), default="local", show_default=True, help="Where new and changed files are decoded and encoded. With beam, options this command does not know go to Beam's PipelineOptions.")
+@click.option("--ray-address", default=None, help="Ray cluster to join with --engine ray (e.g. auto); by default a local Ray instance is started.")
+@click.option("--files-per-unit", default=DEFAULT_FILES_PER_UNIT, show_default=True, type=click.IntRange(min=1), help="Files per unit of work: what an engine hands to one worker and what a resumed update redoes.")
+@click.option("--work-dir", default=None, type=click.Path(path_type=Path), help="Folder for unfinished work, which a rerun of the same command resumes from [default: .NAME.grdr-update beside INDEX_DIR].")
+@click.option("--frames", "num_frames", default=None, type=click.IntRange(min=1), help="Frames sampled per new or changed video [default: as recorded in the index].")
+@click.option("--timeout", "timeout_s", default=None, type=click.FloatRange(min=0, min_open=True), help="Wall-clock limit per video decode, in seconds [default: as recorded in the index].")
+@click.option("--max-pixels", default=None, type=click.IntRange(min=0), help="Pixels per frame above which a video gets status too_large; 0 for no limit [default: as recorded in the index].")
+@click.option("--max-duration", "max_duration_s", default=None, type=click.FloatRange(min=0), help="Duration in seconds above which a video gets status too_large; 0 for no limit [default: as recorded in the index].")
+@click.option("--retrain", is_flag=True, help="Also refit the tokenizer: the residual k-means of a baseline index, or the trained model (needs --captions or --caption-embeddings).")
+@click.option("--captions", type=click.Path(path_type=Path), default=None, help="With --retrain of a trained index: captions file (CSV, JSONL or Parquet) with columns video_id and caption.")
+@click.option("--caption-embeddings", type=click.Path(path_type=Path), default=None, help="With --retrain of a trained index: precomputed caption embeddings (Parquet: video_id, embedding).")
+@click.option("--keep-versions", "keep_versions", default=DEFAULT_KEEP, show_default=True, type=click.IntRange(min=1), help="Versions of the index to keep after publishing; older ones are deleted, never the current one.")
+@click.option("--json", "as_json", is_flag=True, help="Print the counts and the new version as JSON.")
+def update(
+    index_dir: Path,
+    input_dir: str | None,
+    model: str | None,
+    device: str,
+    batch_size: int,
+    workers: int | None,
+    engine: str,
+    ray_address: str | None,
+    files_per_unit: int,
+    work_dir: Path | None,
+    num_frames: int | None,
+    timeout_s: float | None,
+    max_pixels: int | None,
+    max_duration_s: float | None,
+    retrain: bool,
+    captions: Path | None,
+    caption_embeddings: Path | None,
+    keep_versions: int,
+    as_json: bool,
+) -> None:
+    """Re-index only the new and changed files under INPUT_DIR and publish a new version of INDEX_DIR.
+
+    Files are compared with the current version by path and content fingerprint.
+    Unchanged files keep their manifest row and stored embedding, files that are gone
+    are dropped, and semantic IDs come from the index's tokenizer. INPUT_DIR defaults
+    to the input root recorded in the index. When nothing was added, changed or
+    removed, no version is published. A killed update resumes when the same command
+    is run again.
+    """
+    extra_args = click.get_current_context().args
+    if extra_args and engine != "beam":
+        raise click.UsageError(f"Unknown options {' '.join(extra_args)} (only --engine beam passes options on to Beam).")
+    if engine != "ray" and ray_address is not None:
+        raise click.UsageError("--ray-address applies only to --engine ray.")
+
+    from grdr_core.update import UpdateConfig, update_index
+
+    _quiet_transformers()
+    overrides: dict = dict(_decode_limits(max_pixels, max_duration_s))
+    if num_frames is not None:
+        overrides["num_frames"] = num_frames
+    if timeout_s is not None:
+        overrides["timeout_s"] = timeout_s
+    config = UpdateConfig(
+        index_dir=index_dir,
+        input_root=input_dir,
+        model=model,
+        device=device,
+        batch_size=batch_size,
+        decode_overrides=overrides,
+        workers=workers or (max(1, os.cpu_count() or 1) if engine == "local" else 1),
+        files_per_unit=files_per_unit,
+        work_dir=work_dir,
+        keep_versions=keep_versions,
+        retrain=retrain,
+        captions=captions,
+        caption_embeddings=caption_embeddings,
+        train_device=device,
+    )
+    if engine != "local":
+        summary = update_index(config, map_runner=_map_runner(engine, extra_args, ray_address))
+    else:
+        from tqdm import tqdm
+        from tqdm.contrib.logging import logging_redirect_tqdm
+
+        with logging_redirect_tqdm(), tqdm(unit="video", desc="updating", dynamic_ncols=True, disable=as_json) as bar:
+
+            def set_total(count: int) -> None:
+                bar.total = count
+                bar.refresh()
+
+            summary = update_index(config, progress=lambda file, status: bar.update(1), on_pending=set_total)
+    if as_json:
+        payload = {"index": str(summary.index_dir), "base_version": summary.base_version, "version": summary.version,
+                   "up_to_date": summary.up_to_date, **summary.counts(), "trained_version": summary.trained_version}
+        click.echo(json.dumps(payload, indent=2))
+        return
+    click.echo(f"Updated {summary.index_dir}: {summary.describe()}")
+
+
 @cli.command()
 @click.argument("index_dir", callback=_local_index)
 @click.argument("text")
