@@ -44,6 +44,12 @@ class EncodeUnitsFn(beam.DoFn):
         self._unit_encoder: UnitEncoder | None = None
 
     def setup(self) -> None:
+        import torch
+
+        # Beam usually runs one SDK worker process per core, so one encoder thread each, as Ray
+        # gives each actor. Without this every worker starts a thread per core, and the
+        # threads of all workers compete for the same cores.
+        torch.set_num_threads(1)
         self._unit_encoder = UnitEncoder(self._settings)
 
     def process(self, unit: WorkUnit) -> Iterator[tuple[int, dict[str, int]]]:
