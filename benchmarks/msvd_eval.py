@@ -21,8 +21,11 @@ applied to the 80,827 human-written MSVD captions:
    index (670 videos), (b) against the full index (1,970 videos).
 5. Ablations retrain and evaluate grdr with one view, without co-training, and with
    visual-only IDs (residual k-means of the video embeddings, a retriever trained on
-   those fixed codes). The default model is also evaluated at several beams, and
-   IVF-PQ at several ``nprobe`` values so that its R@10 can be read at grdr's latency.
+   those fixed codes). Two more variants, not run by default, co-train with free code
+   lengths (the earlier default) and with no code-loss gradient into the codebooks.
+   Every model is also evaluated at several beams, so that models compare at an equal
+   pool size, and IVF-PQ at several ``nprobe`` values so that its R@10 can be read at
+   grdr's latency.
 
 Caption embeddings are cached in ``--workdir``. Encoding the 61,846 distinct captions
 took 34 minutes on a shared 2-vCPU VM. Example::
@@ -54,12 +57,15 @@ logger = logging.getLogger("msvd_eval")
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "msvd"
 ENCODER_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 SPLITS = ("train", "val", "test")
-VARIANTS = ("default", "views1", "no_cotrain", "visual_only")
+VARIANTS = ("default", "views1", "no_cotrain", "visual_only", "free_code_lengths", "stop_gradient")
+DEFAULT_VARIANTS = ("default", "views1", "no_cotrain", "visual_only")
 VARIANT_LABELS = {
     "default": "4 views, co-trained (default)",
     "views1": "`--views 1`",
     "no_cotrain": "`--no-cotrain`",
     "visual_only": "visual-only IDs (residual k-means + retriever on its fixed codes)",
+    "free_code_lengths": "co-trained, code lengths free (`refit_code_lengths=False`)",
+    "stop_gradient": "co-trained, no code-loss gradient into the codebooks (`codebook_code_gradient=0`)",
 }
 
 
@@ -201,6 +207,10 @@ def train_config(args: argparse.Namespace, variant: str) -> Any:
         config = replace(config, views=1)
     elif variant == "no_cotrain":
         config = replace(config, cotrain=False)
+    elif variant == "free_code_lengths":
+        config = replace(config, refit_code_lengths=False)
+    elif variant == "stop_gradient":
+        config = replace(config, codebook_code_gradient=0.0)
     return config
 
 
@@ -295,7 +305,11 @@ def prepare_variant(variant: str, prepared: PreparedData, args: argparse.Namespa
         caption_report = None
     else:
         summary = train_index(full_dir, config, caption_embeddings=prepared.train_captions)
-        model = TrainedModel.load(full_dir / "model")
+        index = open_index(full_dir)
+        try:
+            model = TrainedModel.load(index.layout.model_dir)
+        finally:
+            index.close()
         full_stats = summary.id_stats
         caption_report = asdict(summary.captions)
     seconds["train"] = time.perf_counter() - started
@@ -472,26 +486,33 @@ def methods_table(results: dict[str, dict[str, Any]]) -> str:
 
 def ablation_table(ablations: dict[str, dict[str, dict[str, Any]]]) -> str:
     lines = [
-        "| variant | corpus | R@1 | R@10 | candidate hit | candidates | recall ms p50 | distinct IDs per video | codebook use per level |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---|",
+        "| variant | corpus | R@1 | R@10 | candidate hit | candidates | recall ms p50 | distinct IDs | two-code prefixes | distinct IDs per video | codebook use per level |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for variant, corpora in ablations.items():
         for corpus, entry in corpora.items():
             grdr = entry["result"]["grdr"]
             stats = entry["id_statistics"]
             use = ", ".join(f"{u:.2f}" for u in stats.get("codebook_use", []))
+            prefixes = stats.get("distinct_prefixes", [])
+            two_code = f"{prefixes[1]:,}" if len(prefixes) > 1 else ""
             lines.append(
                 f"| {VARIANT_LABELS[variant]} | {corpus} | {_percent(grdr['r1'])} | {_percent(grdr['r10'])} | {_percent(grdr['candidate_hit'])} "
-                f"| {grdr['mean_candidates']:.0f} | {grdr['latency_split_ms']['recall']['p50']:.3f} | {stats['distinct_ids_per_video']:.2f} | {use} |"
+                f"| {grdr['mean_candidates']:.0f} | {grdr['latency_split_ms']['recall']['p50']:.3f} | {stats['distinct_ids']:,} | {two_code} "
+                f"| {stats['distinct_ids_per_video']:.2f} | {use} |"
             )
     return "\n".join(lines)
 
 
-def beam_table(results: dict[str, dict[str, Any]]) -> str:
-    lines = ["| corpus | beam | R@10 | candidate hit | mean candidates |", "|---|---:|---:|---:|---:|"]
-    for corpus, result in results.items():
-        for point in result.get("beam_sweep", []):
-            lines.append(f"| {corpus} | {point['beam']} | {_percent(point['r10'])} | {_percent(point['candidate_hit'])} | {point['mean_candidates']:.0f} |")
+def beam_table(ablations: dict[str, dict[str, dict[str, Any]]]) -> str:
+    lines = ["| variant | corpus | beam | R@10 | candidate hit | mean candidates |", "|---|---|---:|---:|---:|---:|"]
+    for variant, corpora in ablations.items():
+        for corpus, entry in corpora.items():
+            for point in entry["result"].get("beam_sweep", []):
+                lines.append(
+                    f"| {VARIANT_LABELS[variant]} | {corpus} | {point['beam']} | {_percent(point['r10'])} | {_percent(point['candidate_hit'])} "
+                    f"| {point['mean_candidates']:.0f} |"
+                )
     return "\n".join(lines)
 
 
@@ -518,7 +539,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--encode-batch", type=int, default=128, help="Captions per MiniLM forward pass.")
     parser.add_argument("--threads", type=int, default=None, help="torch threads for encoding and training [default: torch's choice].")
 
-    parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS), help="Models to train and evaluate; the first gets the beam and nprobe sweeps.")
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        choices=VARIANTS,
+        default=list(DEFAULT_VARIANTS),
+        help="Models to train and evaluate; every variant gets the beam sweep, the first also the nprobe sweep [default: %(default)s].",
+    )
     parser.add_argument("--views", type=int, default=4, help="Semantic IDs per video.")
     parser.add_argument("--levels", type=int, default=3, help="Codes per semantic ID.")
     parser.add_argument("--codes", type=int, default=128, help="Codebook size per level; training shrinks it to sqrt(videos) when that is smaller.")
@@ -561,7 +588,9 @@ def main(argv: list[str] | None = None) -> int:
         ablations[variant] = {}
         for corpus in corpora:
             index_dir = Path(preparation[variant]["index_dirs"][corpus])
-            result = evaluate_index(index_dir, prepared.test_queries, args, sweeps=position == 0)
+            # Every variant gets the beam sweep, so that variants whose IDs give small
+            # pools can be compared with the others at an equal pool size.
+            result = evaluate_index(index_dir, prepared.test_queries, args, sweeps=True)
             ablations[variant][corpus] = {"result": result, "id_statistics": preparation[variant]["id_statistics"][corpus]}
             logger.info("Variant %s, %s corpus: grdr R@1 %.3f R@10 %.3f, dense R@1 %.3f", variant, corpus, result["grdr"]["r1"], result["grdr"]["r10"], result["dense"]["r1"])
             if position == 0:
@@ -573,7 +602,7 @@ def main(argv: list[str] | None = None) -> int:
         [
             f"All methods, {VARIANT_LABELS[args.variants[0]]}:\n\n{methods_table(main_results)}",
             f"Ablations:\n\n{ablation_table(ablations)}",
-            f"Beam sweep:\n\n{beam_table(main_results)}",
+            f"Beam sweep:\n\n{beam_table(ablations)}",
             f"IVF-PQ nprobe sweep:\n\n{nprobe_table(sweeps)}",
             "Targets:\n\n" + json.dumps(targets, indent=2),
         ]

@@ -21,7 +21,11 @@ def id_statistics(codes: np.ndarray, codebook_sizes: list[int]) -> dict[str, flo
     - ``distinct_ids``: number of distinct IDs in the corpus;
     - ``videos_per_id_max``, ``videos_per_id_mean``: videos filed under one ID (a video counts once per ID);
     - ``shared_ids``: number of IDs filed under more than one video;
-    - ``codebook_use``: per level, the fraction of the level's codes that some view uses.
+    - ``codebook_use``: per level, the fraction of the level's codes that some view uses;
+    - ``distinct_prefixes``: for ``l = 1 .. L``, the number of distinct first-``l``-code
+      prefixes in the corpus (the last equals ``distinct_ids``). Far fewer two-code
+      prefixes than level-0 codes times level-1 codes mean that the level-1 code mostly
+      follows from the level-0 code.
     """
     codes = np.asarray(codes)
     if codes.ndim != 3 or 0 in codes.shape:
@@ -56,4 +60,10 @@ def id_statistics(codes: np.ndarray, codebook_sizes: list[int]) -> dict[str, flo
         "videos_per_id_mean": float(videos_per_id.mean()),
         "shared_ids": int((videos_per_id > 1).sum()),
         "codebook_use": [float(len(np.unique(codes[:, :, level])) / size) for level, size in enumerate(codebook_sizes)],
+        "distinct_prefixes": [_distinct_rows(rows[:, :length]) for length in range(1, levels + 1)],
     }
+
+
+def _distinct_rows(rows: np.ndarray) -> int:
+    packed = np.ascontiguousarray(rows).view(np.dtype((np.void, rows.dtype.itemsize * rows.shape[1]))).ravel()
+    return int(len(np.unique(packed)))

@@ -324,6 +324,18 @@ def assign_multiview_codes(
 # The torch module.
 
 
+def _member_projections(residuals: torch.Tensor, labels: torch.Tensor, directions: torch.Tensor, fallback: torch.Tensor) -> torch.Tensor:
+    """Return each code's mean projection of its members ``residuals[labels == code]`` onto its unit direction, at least 1e-6.
+
+    A code without members gets its ``fallback`` value.
+    """
+    size = len(directions)
+    projections = (residuals * directions[labels]).sum(dim=-1)
+    totals = torch.zeros(size, dtype=residuals.dtype, device=residuals.device).index_add_(0, labels, projections)
+    counts = torch.bincount(labels, minlength=size).to(residuals.dtype)
+    return torch.where(counts > 0, (totals / counts.clamp(min=1)).clamp(min=1e-6), fallback.to(residuals.dtype))
+
+
 class MultiViewTokenizer(nn.Module):
     """Learned view projections, shared residual codebooks, and the heads used only in training.
 
@@ -438,13 +450,24 @@ class MultiViewTokenizer(nn.Module):
         size = self.codebook_sizes[level]
         directions = unit_rows(residuals)
         kmeans = KMeans(n_clusters=size, n_init=1, max_iter=100, random_state=seed + level).fit(directions)
-        centers = unit_rows(kmeans.cluster_centers_)
-        lengths = np.zeros(size, dtype=np.float32)
-        for code in range(size):
-            members = residuals[kmeans.labels_ == code]
-            lengths[code] = max(float((members @ centers[code]).mean()), 1e-6) if len(members) else 1e-6
-        self.codebooks[level].copy_(torch.from_numpy(centers * lengths[:, None]))
+        centers = torch.from_numpy(unit_rows(kmeans.cluster_centers_))
+        lengths = _member_projections(torch.from_numpy(residuals), torch.from_numpy(kmeans.labels_.astype(np.int64)), centers, torch.full((size,), 1e-6))
+        self.codebooks[level].copy_((centers * lengths[:, None]).to(self.codebooks[level].device))
         logger.info("Initialised level %d codebook: %d codes from %d residuals", level, size, len(residuals))
+
+    @torch.no_grad()
+    def refit_code_lengths(self, level: int, videos: torch.Tensor) -> None:
+        """Set each code's length at ``level`` to the mean projection of its members' residuals, keeping its direction.
+
+        This is the length rule of ``init_codebook`` applied to the current view
+        projections. A code that no view selects keeps its length.
+        """
+        residuals = self.residuals_at(videos, level)
+        codebook = self.codebooks[level]
+        directions = nn.functional.normalize(codebook, dim=-1)
+        labels = self.level_scores(level, residuals).argmax(dim=-1)
+        lengths = _member_projections(residuals, labels, directions, codebook.norm(dim=-1))
+        codebook.copy_(directions * lengths[:, None])
 
     @torch.no_grad()
     def reinit_dead_codes(self, level: int, videos: torch.Tensor, generator: torch.Generator) -> int:

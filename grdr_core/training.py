@@ -22,6 +22,11 @@ these losses:
 - commitment (VQ-VAE, van den Oord et al. 2017) with the straight-through estimator;
 - optionally, view diversity: a hinge on the cosine between two views of one video.
 
+With ``refit_code_lengths`` (the default) the gradient steps only turn the trained
+level's codes, and each code's length is refit after every epoch to the mean projection
+of its members' residuals. Without it, co-training lengthens the codes until each code
+nearly decides the next level's code (see ``_step_keeping_lengths``).
+
 Finally the tokenizer is frozen, every video is assigned its IDs, and the retriever
 trains a few more epochs on exactly those IDs (the IDs that the trie will contain).
 """
@@ -76,6 +81,9 @@ class TrainConfig:
     reconstruction_weight: float = 1.0
     commitment_weight: float = 0.25  # beta of the VQ-VAE commitment term
     retriever_scale: float = 10.0  # initial scale of the retriever's cosine logits (learned)
+    # Factor on the gradient that the retriever's code losses send into the shared
+    # codebooks while a level trains: 0 stops it, 1 passes it whole.
+    codebook_code_gradient: float = 1.0
     cotrain: bool = True  # False: train the tokenizer alone, freeze it, then train the retriever
     view_order: str = "anchors"  # see multiview.route_captions
     # View diversity and codebook use. without_view_diversity() turns all four off.
@@ -84,6 +92,9 @@ class TrainConfig:
     sinkhorn_epsilon: float = 0.05
     sinkhorn_iterations: int = 10
     reinit_dead_codes: bool = True
+    # Gradient steps turn the trained level's codes but keep their lengths, which are refit
+    # to the data after each epoch. False lets Adam's steps change the lengths too.
+    refit_code_lengths: bool = True
     diversity_weight: float = 0.1
     diversity_margin: float = 0.5  # cosine between two views of a video above which the hinge applies
     # NOTE: "cuda" has not been run yet. Training moves every tensor to this device, and
@@ -101,6 +112,8 @@ class TrainConfig:
             raise InvalidInputError(f"view_dim must be >= 1 or None, got {self.view_dim}")
         if self.polish_epochs < 0:
             raise InvalidInputError(f"polish_epochs must be >= 0, got {self.polish_epochs}")
+        if not 0 <= self.codebook_code_gradient <= 1:
+            raise InvalidInputError(f"codebook_code_gradient must lie in [0, 1], got {self.codebook_code_gradient}")
         for name in ("lr", "temperature", "retriever_scale", "sinkhorn_epsilon"):
             if not getattr(self, name) > 0:
                 raise InvalidInputError(f"{name} must be > 0, got {getattr(self, name)}")
@@ -164,6 +177,17 @@ class GenerativeRetriever(nn.Module):
         self.w_e = nn.ParameterList([gaussian(hidden, code_dim, fan_in=code_dim, gain=2.0) for _ in range(levels)])
         self.b = nn.ParameterList([nn.Parameter(torch.zeros(hidden)) for _ in range(levels)])
         self.log_scale = nn.Parameter(torch.full((1,), math.log(scale)))
+        self.codebook_gradient = 1.0  # factor on the gradient into the shared codebooks
+
+    def codebook(self, level: int) -> torch.Tensor:
+        """Return codebook ``level`` with its gradient scaled by ``codebook_gradient`` (same values)."""
+        codebook = self.codebooks[level]
+        if self.codebook_gradient == 1.0:
+            return codebook
+        detached = codebook.detach()
+        if self.codebook_gradient == 0.0:
+            return detached
+        return detached + self.codebook_gradient * (codebook - detached)
 
     @property
     def levels(self) -> int:
@@ -174,10 +198,10 @@ class GenerativeRetriever(nn.Module):
 
     def logits(self, level: int, states: torch.Tensor) -> torch.Tensor:
         projected = F.normalize(states @ self.w_out[level].T, dim=-1)
-        return self.log_scale.exp() * projected @ F.normalize(self.codebooks[level], dim=-1).T
+        return self.log_scale.exp() * projected @ F.normalize(self.codebook(level), dim=-1).T
 
     def advance(self, level: int, states: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
-        code_embeddings = self.codebooks[level][codes]
+        code_embeddings = self.codebook(level)[codes]
         return states + torch.tanh(states @ self.w_h[level].T + code_embeddings @ self.w_e[level].T + self.b[level])
 
     def forward(self, queries: torch.Tensor, codes: torch.Tensor) -> list[torch.Tensor]:
@@ -443,6 +467,24 @@ def _weighted_total(losses: dict[str, torch.Tensor], config: TrainConfig) -> tor
     return torch.stack(weighted).sum()
 
 
+@torch.no_grad()
+def _step_keeping_lengths(optimizer: torch.optim.Optimizer, codebook: nn.Parameter) -> None:
+    """Take an optimizer step, then scale each row of ``codebook`` back to its length before the step.
+
+    The retriever's cosine logits are blind to a code's length, so their gradient is
+    perpendicular to each row. A step along such a gradient lengthens the row, and
+    Adam's steps, which rescale each coordinate, lengthened the rows too. On MSVD
+    (``benchmarks/msvd_eval.py``) free lengths made the co-trained level-0 codes 2.7
+    times as long as those trained without the retriever (1.60 against 0.59 for unit
+    view vectors). The residual left by such a code points back along it (mean cosine
+    -0.81), so the level-1 code followed from the level-0 code: 54 of 44 x 44 two-code
+    prefixes were in use.
+    """
+    lengths = codebook.norm(dim=-1, keepdim=True)
+    optimizer.step()
+    codebook.copy_(F.normalize(codebook, dim=-1) * lengths)
+
+
 def _train_level(
     tokenizer: MultiViewTokenizer,
     retriever: GenerativeRetriever,
@@ -453,6 +495,7 @@ def _train_level(
 ) -> tuple[dict[str, float], int]:
     """Train one level for ``epochs_per_level`` epochs and return its last epoch's mean losses and the dead codes reset."""
     tokenizer.init_codebook(level, data.videos, config.seed)
+    trained = tokenizer.codebooks[level]
     for current, codebook in enumerate(tokenizer.codebooks):
         codebook.requires_grad_(current == level)
     modules = [tokenizer, retriever] if config.cotrain else [tokenizer]
@@ -471,13 +514,18 @@ def _train_level(
             total = _weighted_total(losses, config)
             optimizer.zero_grad(set_to_none=True)
             total.backward()
-            optimizer.step()
+            if config.refit_code_lengths:
+                _step_keeping_lengths(optimizer, trained)
+            else:
+                optimizer.step()
             for name, value in losses.items():
                 sums[name] = sums.get(name, 0.0) + float(value.detach())
             steps += 1
         epoch_losses = {name: value / steps for name, value in sums.items()}
         if config.reinit_dead_codes and epoch + 1 < config.epochs_per_level:
             dead_total += tokenizer.reinit_dead_codes(level, data.videos, generator)
+        if config.refit_code_lengths:
+            tokenizer.refit_code_lengths(level, data.videos)
     logger.info("Level %d trained: %s, %d dead codes reset", level, ", ".join(f"{k} {v:.4f}" for k, v in sorted(epoch_losses.items())), dead_total)
     return epoch_losses, dead_total
 
@@ -545,6 +593,7 @@ def train(
 
         tokenizer = MultiViewTokenizer(videos_np.shape[1], captions_np.shape[1], config.views, view_dim, sizes, generator).to(device)
         retriever = GenerativeRetriever(captions_np.shape[1], config.hidden, tokenizer.codebooks, generator, config.retriever_scale).to(device)
+        retriever.codebook_gradient = config.codebook_code_gradient
         data = _TrainingData(
             videos=torch.from_numpy(videos_np).to(device),
             queries=torch.from_numpy(captions_np).to(device),

@@ -8,6 +8,7 @@ Quality tests train on the default synthetic corpus (500 videos, 48 concepts, 64
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,6 +28,9 @@ from grdr_core.training import TrainConfig, TrainedModel, train, train_retriever
 RECALL_CONFIG = TrainConfig(codes_per_level=16, epochs_per_level=6, polish_epochs=3, batch_size=128, hidden=128)
 SMALL_CORPUS = SyntheticConfig(num_videos=120, num_concepts=16, seed=3)
 SMALL_CONFIG = TrainConfig(codes_per_level=8, epochs_per_level=2, polish_epochs=1, batch_size=64, hidden=64)
+# Two levels and a learning rate ten times the default: Adam's steps are long enough to
+# show, within a few seconds, whether co-training collapses the two-code prefixes.
+COLLAPSE_CONFIG = TrainConfig(codes_per_level=16, levels=2, epochs_per_level=2, polish_epochs=0, batch_size=128, lr=0.03)
 BEAM = 20
 
 
@@ -141,6 +145,38 @@ def test_diversity_mechanisms_make_views_distinct(corpus, multiview):
     assert all(0.5 <= use <= 1.0 for use in on["codebook_use"])
 
 
+def test_cotraining_keeps_two_code_prefixes(corpus):
+    # Measured: 244 distinct two-code prefixes co-trained and 247 without co-training,
+    # of 16 x 16. With refit_code_lengths=False the co-trained codes grew longer and
+    # the level-1 code mostly followed from the level-0 code: 104 prefixes.
+    cotrained = _train_split(corpus, COLLAPSE_CONFIG)
+    alone = _train_split(corpus, dataclasses.replace(COLLAPSE_CONFIG, cotrain=False))
+    cotrained_prefixes = id_statistics(cotrained.assign(corpus.video_embeddings), cotrained.codebook_sizes)["distinct_prefixes"][1]
+    alone_prefixes = id_statistics(alone.assign(corpus.video_embeddings), alone.codebook_sizes)["distinct_prefixes"][1]
+
+    assert alone_prefixes >= 200
+    assert cotrained_prefixes >= 0.9 * alone_prefixes
+
+
+def test_refit_code_lengths_matches_member_projections(small_corpus, small_model):
+    tokenizer = copy.deepcopy(small_model.tokenizer)  # the fixture is shared with other tests
+    videos = torch.from_numpy(small_corpus.video_embeddings)
+    level = 1
+    with torch.no_grad():
+        tokenizer.codebooks[level].mul_(3.0)
+    directions = torch.nn.functional.normalize(tokenizer.codebooks[level], dim=-1).clone()
+    residuals = tokenizer.residuals_at(videos, level)
+    labels = tokenizer.level_scores(level, residuals).argmax(dim=-1)
+
+    tokenizer.refit_code_lengths(level, videos)
+
+    codebook = tokenizer.codebooks[level]
+    torch.testing.assert_close(torch.nn.functional.normalize(codebook, dim=-1), directions)
+    for code in torch.unique(labels).tolist():
+        expected = (residuals[labels == code] @ directions[code]).mean().clamp(min=1e-6)
+        torch.testing.assert_close(codebook[code].norm(), expected, rtol=1e-5, atol=1e-6)
+
+
 def test_training_is_deterministic_for_a_seed(small_corpus, small_model):
     again = _train_split(small_corpus, SMALL_CONFIG)
     other_seed = _train_split(small_corpus, dataclasses.replace(SMALL_CONFIG, seed=1))
@@ -245,6 +281,7 @@ def test_id_statistics_on_known_codes():
     assert stats["videos_per_id_max"] == 2
     assert stats["shared_ids"] == 1
     assert stats["codebook_use"] == [0.75, 1.0]
+    assert stats["distinct_prefixes"] == [3, 4]
 
 
 def test_sinkhorn_balances_a_skewed_batch():
