@@ -44,6 +44,7 @@ setup(
         "faiss-cpu>=1.15",
         "matplotlib>=3.8",
         "fsspec>=2024.2",
+        "numba>=0.68",
     ],
     extras_require={
         "beam": ["apache-beam>=2.60"],

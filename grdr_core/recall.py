@@ -1,16 +1,30 @@
-"""Generative recall: trie-constrained beam search from query embeddings to videos."""
+"""Generative recall: trie-constrained beam search from query embeddings to videos.
+
+``beam_search``, ``candidates_from_ids`` and ``recall_pools`` run the compiled kernels of
+``grdr_core.recall_kernels``, which import numba at the first query. ``beam_search_numpy``
+and ``candidates_from_ids_numpy`` are the NumPy implementations: the reference that tests
+compare with, and the fallback when numba is not installed.
+"""
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from contextlib import closing
 from dataclasses import dataclass
+from types import ModuleType
 
 import numpy as np
 
-from grdr_core.errors import InvalidInputError
+from grdr_core.errors import IndexFormatError, InvalidInputError
 from grdr_core.retriever_runtime import RetrieverRuntime
 from grdr_core.trie import PrefixTable, TrieReader
-from grdr_schemas.trie import CODE_DTYPE
+from grdr_schemas.trie import CODE_DTYPE, ORDINAL_DTYPE
+
+logger = logging.getLogger(__name__)
+
+# The kernel module once imported, False when numba is missing, None before the first query.
+_kernels: ModuleType | bool | None = None
 
 
 @dataclass(frozen=True)
@@ -26,11 +40,136 @@ def beam_search(runtime: RetrieverRuntime, trie: TrieReader, queries: np.ndarray
     its prefix, and the model's probabilities are renormalised over those codes. Returns,
     per query, the surviving full IDs best first (ties broken by beam row, then code).
     """
+    return [
+        [DecodedId(codes=tuple(codes), log_prob=score) for codes, score in zip(paths.tolist(), scores.tolist())]
+        for paths, scores in _decode(runtime, trie, queries, beam)
+    ]
+
+
+def recall_pools(runtime: RetrieverRuntime, trie: TrieReader, queries: np.ndarray, beam: int, max_candidates: int) -> list[np.ndarray]:
+    """Return the candidate pool of each of ``(B, D)`` queries: ``candidates_from_ids`` of its ``beam_search``."""
+    if max_candidates < 1:
+        raise InvalidInputError(f"max_candidates must be >= 1, got {max_candidates}")
+    dedup = _first_occurrences_function()
+    return [_pool(trie, paths, max_candidates, dedup) for paths, _ in _decode(runtime, trie, queries, beam)]
+
+
+def candidates_from_ids(trie: TrieReader, decoded: list[DecodedId], max_candidates: int) -> np.ndarray:
+    """Union the posting lists of ``decoded`` IDs in beam order, without duplicates, capped."""
+    if max_candidates < 1:
+        raise InvalidInputError(f"max_candidates must be >= 1, got {max_candidates}")
+    paths = np.array([d.codes for d in decoded], dtype=np.int64)
+    return _pool(trie, paths, max_candidates, _first_occurrences_function())
+
+
+def _load_kernels() -> ModuleType | None:
+    """Import the compiled kernels on first use; return None when numba is not installed."""
+    global _kernels
+    if _kernels is None:
+        try:
+            from grdr_core import recall_kernels
+        except ImportError as exc:
+            logger.warning("Generative recall falls back to the slower NumPy path because numba cannot be imported: %s", exc)
+            _kernels = False
+        else:
+            _kernels = recall_kernels
+    return _kernels or None
+
+
+def _check_arguments(runtime: RetrieverRuntime, trie: TrieReader, queries: np.ndarray, beam: int) -> np.ndarray:
+    """Validate the arguments of a beam search; return the queries as a C-contiguous ``(B, D)`` float32 array."""
     if beam < 1:
         raise InvalidInputError(f"beam must be >= 1, got {beam}")
     if trie.levels != runtime.levels:
         raise InvalidInputError(f"The trie has {trie.levels} levels but the retriever decodes {runtime.levels}")
-    queries = np.atleast_2d(np.asarray(queries, dtype=np.float32))
+    queries = np.ascontiguousarray(np.atleast_2d(np.asarray(queries, dtype=np.float32)))
+    if queries.ndim != 2 or queries.shape[1] != runtime.query_dim:
+        raise InvalidInputError(f"Expected queries of shape (B, {runtime.query_dim}), got {queries.shape}")
+    return queries
+
+
+def _decode(runtime: RetrieverRuntime, trie: TrieReader, queries: np.ndarray, beam: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Beam-search each query; return per query its IDs ``(n, levels)`` and their log-probs ``(n,)``, best first."""
+    queries = _check_arguments(runtime, trie, queries, beam)
+    if len(queries) == 0:
+        return []
+    kernels = _load_kernels()
+    if kernels is None:
+        return [
+            (np.array([d.codes for d in ids], dtype=np.int64).reshape(len(ids), runtime.levels), np.array([d.log_prob for d in ids]))
+            for ids in beam_search_numpy(runtime, trie, queries, beam)
+        ]
+
+    table = trie.prefix_table()
+    if len(table.codes) == 0:
+        return [(np.empty((0, runtime.levels), np.int64), np.empty(0)) for _ in range(len(queries))]
+
+    weights = runtime.packed_weights()
+    paths, scores, counts = kernels.decode_batch(
+        queries,
+        weights.w_in,
+        weights.b_in,
+        weights.code_weights,
+        weights.code_offsets,
+        weights.output_grams,
+        weights.w_h,
+        weights.code_inputs,
+        weights.scale,
+        table.codes,
+        table.first_child,
+        table.child_count,
+        beam,
+    )
+
+    counts_list = counts.tolist()
+    if min(counts_list) < 0:
+        raise IndexFormatError(
+            f"The trie does not fit the retriever: it lists codes outside the retriever's codebooks of sizes {runtime.codebook_sizes}, "
+            "or more children of one prefix than a codebook has codes; run `grdr-index train` again so that both come from one training run"
+        )
+    return [(paths[q, :count], scores[q, :count]) for q, count in enumerate(counts_list)]
+
+
+def _pool(trie: TrieReader, paths: np.ndarray, max_candidates: int, dedup: Callable[[np.ndarray, int], np.ndarray]) -> np.ndarray:
+    """Union the posting lists of the ``(n, levels)`` IDs in ``paths`` in row order, without duplicates, capped."""
+    if len(paths) == 0:
+        return np.empty(0, np.int64)
+    # All keys packed by one conversion: the IDs share one length.
+    packed = np.ascontiguousarray(paths, dtype=CODE_DTYPE).tobytes()
+    width = len(packed) // len(paths)
+    keys = (packed[i : i + width] for i in range(0, len(packed), width))
+    # A posting list has no duplicates, so its first max_candidates ordinals include all
+    # that the cap can still admit. Duplicates are removed only once the lists read so
+    # far could fill the pool, which in a large corpus is often after the first list.
+    chunks: list[bytes] = []
+    pool = np.empty(0, np.int64)
+    pending = 0
+    with closing(trie.iter_posting_bytes(keys, limit=max_candidates)) as lists:
+        for chunk in lists:
+            chunks.append(chunk)
+            pending += len(chunk) // ORDINAL_DTYPE.itemsize
+            if len(pool) + pending >= max_candidates:
+                pool = dedup(np.frombuffer(b"".join(chunks), dtype=ORDINAL_DTYPE), max_candidates)
+                pending = 0
+                if len(pool) >= max_candidates:
+                    return pool
+    if pending:
+        pool = dedup(np.frombuffer(b"".join(chunks), dtype=ORDINAL_DTYPE), max_candidates)
+    return pool
+
+
+def _first_occurrences_function() -> Callable[[np.ndarray, int], np.ndarray]:
+    kernels = _load_kernels()
+    return kernels.first_occurrences if kernels is not None else _first_occurrences_capped
+
+
+def _first_occurrences_capped(ordinals: np.ndarray, limit: int) -> np.ndarray:
+    return _first_occurrences(ordinals.astype(np.int64))[:limit]
+
+
+def beam_search_numpy(runtime: RetrieverRuntime, trie: TrieReader, queries: np.ndarray, beam: int) -> list[list[DecodedId]]:
+    """Return what ``beam_search`` returns, computed with a fixed number of NumPy calls per level."""
+    queries = _check_arguments(runtime, trie, queries, beam)
     num_queries = len(queries)
     table = trie.prefix_table()
     if len(table.codes) == 0:
@@ -121,8 +260,8 @@ def _top(totals: np.ndarray, start: int, stop: int, beam: int) -> np.ndarray:
     return picked + start
 
 
-def candidates_from_ids(trie: TrieReader, decoded: list[DecodedId], max_candidates: int) -> np.ndarray:
-    """Union the posting lists of ``decoded`` IDs in beam order, without duplicates, capped."""
+def candidates_from_ids_numpy(trie: TrieReader, decoded: list[DecodedId], max_candidates: int) -> np.ndarray:
+    """Return what ``candidates_from_ids`` returns, deduplicating with NumPy."""
     if max_candidates < 1:
         raise InvalidInputError(f"max_candidates must be >= 1, got {max_candidates}")
     pool = np.empty(0, np.int64)

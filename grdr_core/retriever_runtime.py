@@ -32,6 +32,20 @@ def _normalize_rows(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
+@dataclass(frozen=True)
+class PackedWeights:
+    """The folded retriever weights as float32 row-major arrays, levels concatenated."""
+
+    w_in: np.ndarray  # (H, D)
+    b_in: np.ndarray  # (H,)
+    code_weights: np.ndarray  # (sum of K_l, H): row k of level l is W_out[l]^T times unit code k
+    code_offsets: np.ndarray  # (L + 1,) int64, first row of each level in code_weights and code_inputs
+    output_grams: np.ndarray  # (L, H, H): W_out[l]^T W_out[l]
+    w_h: np.ndarray  # (L, H, H)
+    code_inputs: np.ndarray  # (sum of K_l, H): W_e[l] c + b[l] for every code c of level l
+    scale: float
+
+
 @dataclass
 class RetrieverRuntime:
     """Weights of a trained retriever as float32 arrays; see the module docstring for shapes."""
@@ -63,6 +77,7 @@ class RetrieverRuntime:
             self._logit_weights.append(np.ascontiguousarray(np.hstack((code_scores, output_gram)), dtype=np.float32))
             self._code_inputs.append(np.ascontiguousarray(codebook @ self.w_e[level].T + self.b[level], dtype=np.float32))
         self._w_h_t = [np.ascontiguousarray(w.T, dtype=np.float32) for w in self.w_h]
+        self._packed: PackedWeights | None = None
 
     @property
     def levels(self) -> int:
@@ -93,6 +108,29 @@ class RetrieverRuntime:
     def advance(self, level: int, states: np.ndarray, codes: np.ndarray) -> np.ndarray:
         """Return the states after choosing ``codes`` (``(B,)`` ints) at ``level``."""
         return states + np.tanh(states @ self._w_h_t[level] + self._code_inputs[level][codes])
+
+    def packed_weights(self) -> PackedWeights:
+        """Return the weights in the layout of the compiled kernels, built on first use and kept."""
+        if self._packed is None:
+            self._packed = self._pack_weights()
+        return self._packed
+
+    def _pack_weights(self) -> PackedWeights:
+        sizes = self.codebook_sizes
+        # Transposed, so that every logit and every state value is a dot product of two
+        # contiguous rows, and a kernel computes only the logits of allowed codes.
+        code_weights = [lw[:, :size].T for lw, size in zip(self._logit_weights, sizes)]
+        output_grams = [lw[:, size:].T for lw, size in zip(self._logit_weights, sizes)]
+        return PackedWeights(
+            w_in=np.ascontiguousarray(self.w_in, dtype=np.float32),
+            b_in=np.ascontiguousarray(self.b_in, dtype=np.float32),
+            code_weights=np.ascontiguousarray(np.concatenate(code_weights)),
+            code_offsets=np.concatenate(([0], np.cumsum(sizes))).astype(np.int64),
+            output_grams=np.ascontiguousarray(np.stack(output_grams)),
+            w_h=np.ascontiguousarray(np.stack([w.T for w in self._w_h_t])),
+            code_inputs=np.ascontiguousarray(np.concatenate(self._code_inputs)),
+            scale=float(self.scale),
+        )
 
     def save(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)

@@ -19,7 +19,7 @@ import numpy as np
 from grdr_core.errors import IndexFormatError, InvalidInputError
 from grdr_core.index import Index, open_index_version
 from grdr_core.query_checks import check_query_limits, check_query_text
-from grdr_core.recall import beam_search, candidates_from_ids
+from grdr_core.recall import recall_pools
 from grdr_core.retriever_runtime import RetrieverRuntime
 from grdr_core.search import SearchHit, hits_for
 from grdr_core.versions import local_index_path, open_resolved
@@ -119,8 +119,7 @@ class Searcher:
         queries = (queries / norms[:, None]).astype(np.float32)
 
         started = time.perf_counter()
-        decoded = beam_search(self.retriever, self.index.trie, queries, beam)
-        pools = [candidates_from_ids(self.index.trie, ids, max_candidates) for ids in decoded]
+        pools = recall_pools(self.retriever, self.index.trie, queries, beam, max_candidates)
         recall_ms = (time.perf_counter() - started) * 1000 / len(queries)
 
         started = time.perf_counter()

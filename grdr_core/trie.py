@@ -243,6 +243,18 @@ class TrieReader:
                 else:
                     yield np.frombuffer(value, dtype=ORDINAL_DTYPE)[:limit].astype(np.int64)
 
+    def iter_posting_bytes(self, semantic_ids: Iterable[bytes], limit: int) -> Iterator[bytes]:
+        """Yield the raw ordinal list (``ORDINAL_DTYPE``) of each packed semantic ID, cut to ``limit`` ordinals.
+
+        Like ``iter_postings``, but each list is one copied ``bytes`` object, which costs
+        less than an array per list when the caller joins them. An unknown ID yields b"".
+        """
+        size = limit * ORDINAL_DTYPE.itemsize
+        with self._env.begin(db=self._postings, buffers=True) as txn:
+            for key in semantic_ids:
+                value = txn.get(key)
+                yield b"" if value is None else bytes(value[:size])
+
     def postings(self, semantic_id: tuple[int, ...] | list[int], limit: int | None = None) -> np.ndarray:
         """Return the ordinals filed under a full semantic ID (empty when unknown), ascending.
 

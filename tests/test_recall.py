@@ -1,10 +1,14 @@
 """Trie-constrained beam search and candidate pooling with hand-set retriever weights."""
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
 from grdr_core.errors import IndexFormatError, InvalidInputError
-from grdr_core.recall import beam_search, candidates_from_ids
+from grdr_core.recall import beam_search, beam_search_numpy, candidates_from_ids, candidates_from_ids_numpy, recall_pools
 from grdr_core.retriever_runtime import RetrieverRuntime
 from grdr_core.trie import TrieReader, children_key, write_trie
 
@@ -109,28 +113,142 @@ def _reference_beam_search(runtime, trie, query, beam):
     return [(prefix, score) for prefix, score, _ in beams]
 
 
-def test_beam_search_matches_reference(tmp_path):
+def _random_runtime(rng, levels, codes, dim, hidden):
+    return RetrieverRuntime(
+        w_in=rng.standard_normal((hidden, dim)).astype(np.float32),
+        b_in=rng.standard_normal(hidden).astype(np.float32),
+        w_out=[rng.standard_normal((dim, hidden)).astype(np.float32) for _ in range(levels)],
+        codebooks=[rng.standard_normal((codes, dim)).astype(np.float32) for _ in range(levels)],
+        w_h=[rng.standard_normal((hidden, hidden)).astype(np.float32) / np.sqrt(hidden) for _ in range(levels)],
+        w_e=[rng.standard_normal((hidden, dim)).astype(np.float32) for _ in range(levels)],
+        b=[rng.standard_normal(hidden).astype(np.float32) for _ in range(levels)],
+        scale=4.0,
+    )
+
+
+@pytest.mark.parametrize("search", [beam_search, beam_search_numpy], ids=["compiled", "numpy"])
+def test_beam_search_matches_reference(tmp_path, search):
     rng = np.random.default_rng(7)
     codes = rng.integers(0, 6, size=(300, 2, 3), dtype=np.uint16)
     write_trie(tmp_path / "t.lmdb", codes, [6, 6, 6])
     trie = TrieReader(tmp_path / "t.lmdb")
-    dim, hidden = 8, 5
-    runtime = RetrieverRuntime(
-        w_in=rng.standard_normal((hidden, dim)).astype(np.float32),
-        b_in=rng.standard_normal(hidden).astype(np.float32),
-        w_out=[rng.standard_normal((dim, hidden)).astype(np.float32) for _ in range(3)],
-        codebooks=[rng.standard_normal((6, dim)).astype(np.float32) for _ in range(3)],
-        w_h=[rng.standard_normal((hidden, hidden)).astype(np.float32) for _ in range(3)],
-        w_e=[rng.standard_normal((hidden, dim)).astype(np.float32) for _ in range(3)],
-        b=[rng.standard_normal(hidden).astype(np.float32) for _ in range(3)],
-        scale=4.0,
-    )
-    queries = rng.standard_normal((6, dim)).astype(np.float32)
+    runtime = _random_runtime(rng, levels=3, codes=6, dim=8, hidden=5)
+    queries = rng.standard_normal((6, 8)).astype(np.float32)
     for beam in (1, 7, 50):
-        for query, decoded in zip(queries, beam_search(runtime, trie, queries, beam)):
+        for query, decoded in zip(queries, search(runtime, trie, queries, beam)):
             expected = _reference_beam_search(runtime, trie, query, beam)
             assert [d.codes for d in decoded] == [prefix for prefix, _ in expected]
             np.testing.assert_allclose([d.log_prob for d in decoded], [score for _, score in expected], rtol=1e-5)
+
+
+@pytest.fixture
+def large_trie_and_runtime(tmp_path):
+    """A trie and retriever of realistic width: 32 codes per level, state 64, odd sizes included."""
+    rng = np.random.default_rng(11)
+    # Skewed codes, so that prefixes have from one to all 32 children.
+    codes = np.minimum(rng.geometric(0.08, size=(3000, 3, 3)) - 1, 31).astype(np.uint16)
+    write_trie(tmp_path / "t.lmdb", codes, [32, 32, 32])
+    return TrieReader(tmp_path / "t.lmdb"), _random_runtime(rng, levels=3, codes=32, dim=48, hidden=66)
+
+
+def test_compiled_recall_matches_numpy_path(large_trie_and_runtime):
+    pytest.importorskip("numba")
+    trie, runtime = large_trie_and_runtime
+    queries = np.random.default_rng(3).standard_normal((40, 48)).astype(np.float32)
+    for beam in (1, 5, 20, 200):
+        compiled = beam_search(runtime, trie, queries, beam)
+        reference = beam_search_numpy(runtime, trie, queries, beam)
+        pools = recall_pools(runtime, trie, queries, beam, max_candidates=150)
+        for decoded, expected, pool in zip(compiled, reference, pools):
+            assert [d.codes for d in decoded] == [d.codes for d in expected]
+            np.testing.assert_allclose([d.log_prob for d in decoded], [d.log_prob for d in expected], rtol=1e-5, atol=1e-6)
+            reference_pool = candidates_from_ids_numpy(trie, expected, max_candidates=150)
+            np.testing.assert_array_equal(pool, reference_pool)
+            np.testing.assert_array_equal(candidates_from_ids(trie, decoded, max_candidates=150), reference_pool)
+
+
+def test_fallback_without_numba_uses_numpy_path(large_trie_and_runtime, monkeypatch):
+    import grdr_core.recall as recall
+
+    trie, runtime = large_trie_and_runtime
+    queries = np.random.default_rng(6).standard_normal((4, 48)).astype(np.float32)
+    monkeypatch.setattr(recall, "_kernels", False)  # the state after a failed numba import
+    decoded = beam_search(runtime, trie, queries, 20)
+    pools = recall_pools(runtime, trie, queries, 20, 100)
+    expected = beam_search_numpy(runtime, trie, queries, 20)
+    assert decoded == expected
+    for pool, ids in zip(pools, expected):
+        np.testing.assert_array_equal(pool, candidates_from_ids_numpy(trie, ids, 100))
+
+
+def test_recall_pools_respects_cap(large_trie_and_runtime):
+    trie, runtime = large_trie_and_runtime
+    queries = np.random.default_rng(4).standard_normal((5, 48)).astype(np.float32)
+    for cap in (1, 2, 37, 5000):
+        for pool, decoded in zip(recall_pools(runtime, trie, queries, 20, cap), beam_search_numpy(runtime, trie, queries, 20)):
+            assert len(pool) <= cap
+            assert len(set(pool.tolist())) == len(pool)
+            np.testing.assert_array_equal(pool, candidates_from_ids_numpy(trie, decoded, cap))
+
+
+def test_first_occurrences_kernel_matches_numpy():
+    kernels = pytest.importorskip("grdr_core.recall_kernels")
+    rng = np.random.default_rng(5)
+    for size, high in ((0, 5), (1, 5), (50, 10), (1000, 300), (5000, 1 << 31)):
+        ordinals = rng.integers(0, high, size=size).astype("<u4")
+        _, first = np.unique(ordinals, return_index=True)
+        expected = ordinals[np.sort(first)].astype(np.int64)
+        for limit in (1, 7, 300, 10_000):
+            np.testing.assert_array_equal(kernels.first_occurrences(ordinals, limit), expected[:limit])
+
+
+def test_trie_codes_outside_the_codebook_raise(tmp_path):
+    pytest.importorskip("numba")
+    write_trie(tmp_path / "t.lmdb", np.array([[[0, 1]], [[2, 7]]], dtype=np.uint16), [4, 8])
+    with pytest.raises(IndexFormatError, match="outside the retriever's codebooks"):
+        beam_search(_runtime(), TrieReader(tmp_path / "t.lmdb"), np.eye(4, dtype=np.float32)[[0]], beam=3)
+
+
+def test_empty_query_batch_returns_nothing(trie):
+    assert beam_search(_runtime(), trie, np.empty((0, 4), np.float32), beam=3) == []
+    assert recall_pools(_runtime(), trie, np.empty((0, 4), np.float32), 3, 10) == []
+
+
+def test_query_of_wrong_width_raises(trie):
+    with pytest.raises(InvalidInputError, match="shape"):
+        beam_search(_runtime(), trie, np.ones((1, 5), np.float32), beam=3)
+
+
+_CACHE_PROBE = """
+import logging, sys
+import numpy as np
+logging.basicConfig(level=logging.WARNING, stream=sys.stdout)
+from grdr_core import recall_kernels
+print(recall_kernels.first_occurrences(np.array([3, 1, 3, 2], dtype="<u4"), 10).tolist())
+"""
+
+
+def _run_cache_probe(env_changes):
+    env = {**os.environ, **env_changes}
+    env.pop("NUMBA_DISABLE_CACHING", None)
+    return subprocess.run([sys.executable, "-c", _CACHE_PROBE], env=env, capture_output=True, text=True, check=True, timeout=300).stdout
+
+
+def test_kernels_cache_in_numba_cache_dir(tmp_path):
+    pytest.importorskip("numba")
+    output = _run_cache_probe({"NUMBA_CACHE_DIR": str(tmp_path)})
+    assert "[3, 1, 2]" in output
+    assert list(tmp_path.rglob("recall_kernels.first_occurrences*.nbi"))
+    assert list(tmp_path.rglob("recall_kernels.first_occurrences*.nbc"))
+
+
+def test_kernels_compile_without_a_writable_cache():
+    pytest.importorskip("numba")
+    # ZipCacheLocator alone finds no place for a module that is a plain file, which is
+    # what numba meets when NUMBA_CACHE_DIR, __pycache__ and the user cache are read-only.
+    output = _run_cache_probe({"NUMBA_CACHE_LOCATOR_CLASSES": "ZipCacheLocator"})
+    assert "without a disk cache" in output
+    assert "[3, 1, 2]" in output
 
 
 def test_prefix_table_lists_children_by_node(trie):
