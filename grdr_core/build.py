@@ -189,7 +189,7 @@ def build_index(
     checkpoint("after-publish")
     if out_url:
         remote.upload_tree(out_dir, out_url)
-    shutil.rmtree(work.root)
+    remove_work(work)
 
     summary.seconds = time.monotonic() - started
     logger.info("Build finished: %s", summary.describe())
@@ -282,6 +282,11 @@ def resume_plan(work: WorkLayout, settings: dict[str, Any]) -> list[WorkUnit] | 
     """
     if not work.root.exists():
         return None
+    if not work.plan.is_file() and _holds_other_files(work.root):
+        # A --work-dir that some other program uses: never delete what grdr did not write.
+        raise InvalidInputError(
+            f"Work folder {work.root} holds files but no grdr plan.json; choose an empty or new --work-dir"
+        )
     try:
         plan = json.loads(work.plan.read_text())
         units = read_units(work) if plan.get("settings") == settings else None
@@ -297,6 +302,21 @@ def resume_plan(work: WorkLayout, settings: dict[str, Any]) -> list[WorkUnit] | 
     done = sum(unit_done(work, unit.number) for unit in units)
     logger.info("Resuming the build in %s: %d of %d units already done", work.root, done, len(units))
     return units
+
+
+def _holds_other_files(root: Path) -> bool:
+    """Return whether ``root`` holds anything besides what a build writes before its plan."""
+    # changes.parquet is what an update writes before its plan.
+    return any(entry.name not in ("units", "files.parquet", "changes.parquet") for entry in root.iterdir())
+
+
+def remove_work(work: WorkLayout) -> None:
+    """Delete a finished build's work folder, renaming it first so no rerun resumes a half-deleted one."""
+    trash = work.root.with_name(work.root.name + ".done")
+    if trash.exists():
+        shutil.rmtree(trash)
+    os.rename(work.root, trash)
+    shutil.rmtree(trash)
 
 
 def write_plan(

@@ -33,7 +33,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from grdr_core import remote
-from grdr_core.build import MANIFEST_ROWS_PER_PART, MapRunner, location, resume_plan, run_map_stage, write_plan
+from grdr_core.build import MANIFEST_ROWS_PER_PART, MapRunner, location, remove_work, resume_plan, run_map_stage, write_plan
 from grdr_core.decode import DecodeConfig
 from grdr_core.discovery import VIDEO_EXTENSIONS, VideoFile, discover_videos
 from grdr_core.errors import BuildIncompleteError, IndexFormatError, InvalidInputError, NothingIndexedError
@@ -260,7 +260,7 @@ def update_index(
     checkpoint("after-publish")
     if config.retrain and tokenizer_kind == "trained":
         summary.trained_version = _retrain_model(root, version, config)
-    shutil.rmtree(work.root)
+    remove_work(work)
 
     summary.seconds = time.monotonic() - started
     logger.info("Update of %s finished: %s", root, summary.describe())

@@ -9,13 +9,14 @@ import subprocess
 import sys
 import textwrap
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from grdr_core.build import BuildConfig, build_index
 from grdr_core.decode import DecodeConfig
-from grdr_core.errors import BuildIncompleteError
+from grdr_core.errors import BuildIncompleteError, InvalidInputError
 from grdr_core.features import ClipEncoder, EncoderConfig
 from grdr_core.quantize import QuantizerConfig
 from grdr_core.stages import run_local
@@ -202,3 +203,15 @@ def test_unfinished_map_stage_keeps_work(corpus, tiny_clip_dir, encoder, tmp_pat
         build_index(_config(corpus, out, tiny_clip_dir), encoder=encoder, map_runner=runner)
     assert not out.exists()
     assert _finished_units(WorkLayout(work_dir_for(out.resolve()))) == 1
+
+
+def test_foreign_work_dir_is_never_deleted(corpus, tiny_clip_dir, encoder, tmp_path):
+    work_dir = tmp_path / "shared-folder"
+    work_dir.mkdir()
+    (work_dir / "important.txt").write_text("keep")
+    config = replace(_config(corpus, tmp_path / "index", tiny_clip_dir), work_dir=work_dir)
+
+    with pytest.raises(InvalidInputError, match="no grdr plan.json"):
+        build_index(config, encoder=encoder)
+
+    assert (work_dir / "important.txt").read_text() == "keep"
