@@ -68,11 +68,14 @@ class EncodeUnitsFn(beam.DoFn):
 
 def beam_map_runner(pipeline_args: Sequence[str]):
     """Return a map runner for ``grdr_core.build.build_index`` that runs a Beam pipeline."""
-    options = PipelineOptions(list(pipeline_args))
+    options = _checked_options(list(pipeline_args))
 
     def run_units(settings: MapSettings, units: list[WorkUnit]) -> None:
         logger.info("Running the map stage of %d units on Beam (%s)", len(units), " ".join(pipeline_args) or "DirectRunner")
-        pipeline = beam.Pipeline(options=options)
+        try:
+            pipeline = beam.Pipeline(options=options)
+        except ValueError as exc:  # an unknown --runner
+            raise InvalidInputError(f"Cannot start the Beam pipeline: {exc}") from exc
         _ = (
             pipeline
             | "List unfinished units" >> beam.Create(units)
@@ -84,6 +87,24 @@ def beam_map_runner(pipeline_args: Sequence[str]):
         _log_counters(result)
 
     return run_units
+
+
+def _checked_options(args: list[str]) -> PipelineOptions:
+    """Parse Beam options, raising one-line errors where Beam would only warn or exit."""
+    options = PipelineOptions(args)
+    try:
+        known = options.get_all_options(drop_default=False)
+    except SystemExit as exc:  # argparse exits on an invalid value, e.g. --direct_num_workers=abc
+        raise InvalidInputError(f"Invalid Beam options {' '.join(args)}") from exc
+    for arg in args:
+        if not arg.startswith("--"):
+            raise InvalidInputError(f"Unexpected argument {arg!r}: write Beam options as --name=value")
+        name = arg[2:].split("=", 1)[0]
+        if name not in known:
+            # Beam itself only logs "Discarding unparseable args", so a misspelt --runner would
+            # silently run the pipeline on the driver.
+            raise InvalidInputError(f"Unknown Beam option --{name}; see the Beam pipeline options of your runner")
+    return options
 
 
 def _log_counters(result: Any) -> None:

@@ -115,3 +115,19 @@ def test_setup_py_works_as_beam_setup_file(tmp_path):
         names = {name.split("/", 1)[1] for name in tar.getnames() if "/" in name}
     for module in ("pipelines/beam_build.py", "pipelines/ray_build.py", "grdr_core/stages.py", "schemas/build.py", "jobs/cli.py"):
         assert module in names
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--runer=DirectRunner"], "Unknown Beam option --runer"),
+        (["--direct_num_workers=abc"], "Invalid Beam options"),
+        (["stray"], "write Beam options as --name=value"),
+    ],
+)
+def test_bad_beam_options_are_rejected(options, message):
+    from grdr_core.errors import InvalidInputError
+    from grdr_pipelines.beam_build import beam_map_runner
+
+    with pytest.raises(InvalidInputError, match=message):
+        beam_map_runner(options)
