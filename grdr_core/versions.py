@@ -121,7 +121,14 @@ def open_resolved(root: str | os.PathLike[str], opener: Callable[[Path], T]) -> 
     """
     attempt = 1
     while True:
-        directory = resolve_version(root)
+        try:
+            directory = resolve_version(root)
+        except IndexFormatError:
+            # CURRENT may name a version that a publish pruned right after this read.
+            if attempt == _OPEN_ATTEMPTS:
+                raise
+            attempt += 1
+            continue
         try:
             return opener(directory)
         except (IndexFormatError, OSError):

@@ -158,6 +158,13 @@ def build(
     click.echo(summary.status_table())
 
 
+def _local_only(ctx: click.Context, param: click.Parameter, value: str) -> Path:
+    """Return an index argument as a local path; commands that write an index reject URLs."""
+    if "://" in value:
+        raise click.BadParameter(f"{value} is a URL; `{ctx.info_name}` works on a local index only", param_hint="INDEX_DIR")
+    return Path(value)
+
+
 def _local_index(ctx: click.Context, param: click.Parameter, value: str) -> Path:
     """Return the local path of an index argument, downloading a remote index (s3://...) into the cache."""
     from grdr_core.versions import local_index_path
@@ -268,7 +275,7 @@ def verify(index_dir: Path) -> None:
 
 
 @cli.command()
-@click.argument("index_dir", type=click.Path(path_type=Path))
+@click.argument("index_dir", callback=_local_only)
 @click.option("--json", "as_json", is_flag=True, help="Print the versions as JSON.")
 def versions(index_dir: Path, as_json: bool) -> None:
     """List the versions of an index, oldest first; "*" marks the current one."""
@@ -302,7 +309,7 @@ def _version_summary(header: dict | None) -> dict:
 
 
 @cli.command()
-@click.argument("index_dir", type=click.Path(path_type=Path))
+@click.argument("index_dir", callback=_local_only)
 @click.option("--to", "to", default=None, help="Version to make current, e.g. v000002 [default: the newest version older than the current one].")
 def rollback(index_dir: Path, to: str | None) -> None:
     """Make an older version of an index current, for readers that open the index afterwards.
@@ -317,7 +324,7 @@ def rollback(index_dir: Path, to: str | None) -> None:
 
 
 @cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
-@click.argument("index_dir", type=click.Path(path_type=Path))
+@click.argument("index_dir", callback=_local_only)
 @click.argument("input_dir", required=False)
 @click.option("--model", default=None, help="CLIP model to encode new files with; must have the weights recorded in the index [default: the recorded encoder].")
 @click.option("--device", default="cpu", show_default=True, help='Torch device for the image encoder, e.g. "cpu" or "cuda".')
@@ -444,7 +451,7 @@ def search(index_dir: Path, text: str, k: int, model: str | None, device: str, a
 
 
 @cli.command()
-@click.argument("index_dir", type=click.Path(path_type=Path))
+@click.argument("index_dir", callback=_local_only)
 @click.option("--captions", type=click.Path(path_type=Path), default=None, help="Captions file (CSV, JSONL or Parquet) with columns video_id and caption.")
 @click.option("--caption-embeddings", type=click.Path(path_type=Path), default=None, help="Precomputed caption embeddings (Parquet: video_id, embedding) instead of --captions.")
 @click.option("--views", default=4, show_default=True, type=click.IntRange(min=1), help="Semantic IDs (views) per video.")
