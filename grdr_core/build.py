@@ -396,15 +396,20 @@ def _merge_units(work: WorkLayout, results: list[UnitResult], dim: int, records_
     write_json_atomic(work.merged_marker, {"embeddings": stored, "rows": rows_written})
 
 
-def _assign_ids(work: WorkLayout, layout: IndexLayout, indexed: int, dim: int, config: BuildConfig) -> dict[str, Any]:
-    """Fit the baseline tokenizer and write the trie, unless a resumed run already did."""
-    if work.ids_marker.is_file():
-        return json.loads(work.ids_marker.read_text())
+def remove_partial_ids(layout: IndexLayout) -> None:
+    """Delete the trie and ``model/`` that an ID step killed part way may have left in staging."""
     for partial in (layout.trie, layout.trie.with_name(layout.trie.name + "-lock")):
         if partial.exists():
             partial.unlink()
     if layout.model_dir.exists():
         shutil.rmtree(layout.model_dir)
+
+
+def _assign_ids(work: WorkLayout, layout: IndexLayout, indexed: int, dim: int, config: BuildConfig) -> dict[str, Any]:
+    """Fit the baseline tokenizer and write the trie, unless a resumed run already did."""
+    if work.ids_marker.is_file():
+        return json.loads(work.ids_marker.read_text())
+    remove_partial_ids(layout)
     shards = ShardReader(layout.shards_dir, indexed, dim, config.records_per_shard)
     tokenizer_header = assign_baseline_ids(shards, config.quantizer, layout)
     checkpoint("ids-written")

@@ -113,7 +113,7 @@ def _encode_captions(index: Index, caption_set: CaptionSet, model: str | None, d
     return np.concatenate(blocks).astype(np.float32)
 
 
-def _link_tree(source: Path, target: Path) -> None:
+def link_tree(source: Path, target: Path) -> None:
     """Recreate ``source`` under ``target`` with hard links, copying where linking fails."""
     for path in sorted(source.rglob("*")):
         destination = target / path.relative_to(source)
@@ -147,8 +147,8 @@ def publish_trained(
     staging = staging_dir_for(index.root)
     layout = IndexLayout(staging)
     try:
-        _link_tree(old.manifest_dir, layout.manifest_dir)
-        _link_tree(old.shards_dir, layout.shards_dir)
+        link_tree(old.manifest_dir, layout.manifest_dir)
+        link_tree(old.shards_dir, layout.shards_dir)
         write_trie(layout.trie, codes, trained.codebook_sizes)
         trained.save(layout.model_dir)
 

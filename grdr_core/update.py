@@ -33,7 +33,16 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from grdr_core import remote
-from grdr_core.build import MANIFEST_ROWS_PER_PART, MapRunner, location, remove_work, resume_plan, run_map_stage, write_plan
+from grdr_core.build import (
+    MANIFEST_ROWS_PER_PART,
+    MapRunner,
+    location,
+    remove_partial_ids,
+    remove_work,
+    resume_plan,
+    run_map_stage,
+    write_plan,
+)
 from grdr_core.decode import DecodeConfig
 from grdr_core.discovery import VIDEO_EXTENSIONS, VideoFile, discover_videos
 from grdr_core.errors import BuildIncompleteError, IndexFormatError, InvalidInputError, NothingIndexedError
@@ -45,6 +54,7 @@ from grdr_core.quantize import TOKENIZER_NAME as BASELINE_TOKENIZER, ResidualKMe
 from grdr_core.semantic_ids import assign_baseline_ids
 from grdr_core.shards import ShardReader, ShardWriter
 from grdr_core.stages import MapSettings, ProgressCallback, UnitResult, checkpoint, write_json_atomic
+from grdr_core.train_index import link_tree, train_index
 from grdr_core.trie import write_trie
 from grdr_core.verify import check_on_open, read_header
 from grdr_core.versions import DEFAULT_KEEP, is_index_root, next_version_name, read_current, resolve_version
@@ -483,11 +493,7 @@ def _assign_ids(
     """Write the trie of the merged version with the old tokenizer (or a refitted baseline) and its ``model/``."""
     if work.ids_marker.is_file():
         return json.loads(work.ids_marker.read_text())
-    for partial in (layout.trie, layout.trie.with_name(layout.trie.name + "-lock")):
-        if partial.exists():
-            partial.unlink()
-    if layout.model_dir.exists():
-        shutil.rmtree(layout.model_dir)
+    remove_partial_ids(layout)
     base = IndexLayout(_version_dir(root, base_name))
     old_header = read_header(base)["tokenizer"]
     shards = ShardReader(layout.shards_dir, indexed, dim, records_per_shard)
@@ -498,7 +504,7 @@ def _assign_ids(
         else:
             codes = np.concatenate([tokenizer.encode(block) for _, block in shards.iter_blocks()])
             write_trie(layout.trie, codes, tokenizer.codebook_sizes)
-            _link_tree(base.model_dir, layout.model_dir)
+            link_tree(base.model_dir, layout.model_dir)
             tokenizer_header = {**old_header, "id_statistics": id_statistics(codes, tokenizer.codebook_sizes)}
     else:
         from grdr_core.training import TrainedModel
@@ -507,25 +513,11 @@ def _assign_ids(
         # NOTE: all embeddings are held in memory as float32 (4 * N * D bytes), as in training.
         codes = model.assign(shards.get(np.arange(indexed)))
         write_trie(layout.trie, codes, model.codebook_sizes)
-        _link_tree(base.model_dir, layout.model_dir)
+        link_tree(base.model_dir, layout.model_dir)
         tokenizer_header = {**old_header, "id_statistics": id_statistics(codes, model.codebook_sizes)}
     checkpoint("ids-written")
     write_json_atomic(work.ids_marker, tokenizer_header)
     return tokenizer_header
-
-
-def _link_tree(source: Path, target: Path) -> None:
-    """Recreate ``source`` under ``target`` with hard links, copying where linking fails."""
-    for path in sorted(source.rglob("*")):
-        destination = target / path.relative_to(source)
-        if path.is_dir():
-            destination.mkdir(parents=True, exist_ok=True)
-            continue
-        destination.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            os.link(path, destination)
-        except OSError:
-            shutil.copy2(path, destination)
 
 
 def _header(
@@ -556,7 +548,6 @@ def _header(
 
 def _retrain_model(root: Path, version: str, config: UpdateConfig) -> str | None:
     """Retrain the trained model of ``root`` on the version just published, with its recorded training settings."""
-    from grdr_core.train_index import train_index
     from grdr_core.training import TrainedModel
 
     train_config = TrainedModel.load(IndexLayout(_version_dir(root, version)).model_dir).config
