@@ -133,7 +133,7 @@ def build_index(
 
     Every discovered file gets exactly one manifest row, failed files included. The map
     stage runs on ``map_runner`` (default: the local engine with ``config.workers``
-    decoder processes). When the work directory holds an unfinished build with the same
+    decoder processes). When the work directory contains an unfinished build with the same
     settings, it is resumed: its file list is kept and only unfinished units and steps
     run. ``on_discovered`` gets the number of files that still need decoding. Raises
     ``NothingIndexedError`` (and publishes nothing) when no video could be indexed.
@@ -203,7 +203,7 @@ def _local_build_root(out_url: str) -> Path:
 
 
 def _check_remote_output(out_url: str, overwrite: bool) -> None:
-    """Reject a URL that holds an index already, unless ``overwrite`` allows a new version there."""
+    """Reject a URL that contains an index already, unless ``overwrite`` allows a new version there."""
     fs, path = remote.filesystem(out_url)
     fs.invalidate_cache(path)
     has_index = fs.exists(f"{path.rstrip('/')}/CURRENT") or fs.exists(f"{path.rstrip('/')}/index.json")
@@ -285,7 +285,7 @@ def resume_plan(work: WorkLayout, settings: dict[str, Any]) -> list[WorkUnit] | 
     if not work.plan.is_file() and _holds_other_files(work.root):
         # A --work-dir that some other program uses: never delete what grdr did not write.
         raise InvalidInputError(
-            f"Work folder {work.root} holds files but no grdr plan.json; choose an empty or new --work-dir"
+            f"Work folder {work.root} contains files but no grdr plan.json; choose an empty or new --work-dir"
         )
     try:
         plan = json.loads(work.plan.read_text())
@@ -305,7 +305,7 @@ def resume_plan(work: WorkLayout, settings: dict[str, Any]) -> list[WorkUnit] | 
 
 
 def _holds_other_files(root: Path) -> bool:
-    """Return whether ``root`` holds anything besides what a build writes before its plan."""
+    """Return whether ``root`` contains anything besides what a build writes before its plan."""
     # changes.parquet is what an update writes before its plan.
     return any(entry.name not in ("units", "files.parquet", "changes.parquet") for entry in root.iterdir())
 
@@ -380,7 +380,7 @@ def _merge_units(work: WorkLayout, results: list[UnitResult], dim: int, records_
         ok = [row for row in rows if row["status"] == VideoStatus.OK.value]
         if embeddings.shape != (len(ok), dim) or len(rows) != result.files:
             raise BuildIncompleteError(
-                f"Unit {result.number} in {work.root} holds {len(rows)} rows and embeddings of shape "
+                f"Unit {result.number} in {work.root} contains {len(rows)} rows and embeddings of shape "
                 f"{embeddings.shape} for {result.files} files, {len(ok)} of them ok; remove the unit's "
                 "folder and run the same command again"
             )

@@ -254,7 +254,7 @@ def run_local(
     encoder: ClipEncoder | None = None,
     progress: ProgressCallback | None = None,
 ) -> list[UnitResult]:
-    """The local engine: process every unit in this process with a pool of decoder workers."""
+    """Run every unit in this process with a pool of decoder workers (the local engine)."""
     with UnitEncoder(settings, encoder=encoder, progress=progress) as unit_encoder:
         return list(unit_encoder.run(units))
 

@@ -22,7 +22,7 @@ UPDATE_WORK_VERSION = 1
 
 
 class Change(str, enum.Enum):
-    """How a file differs from the index version that an update starts from."""
+    """The change of a file against the index version that an update starts from."""
 
     ADDED = "added"  # no row with this video_id in the old manifest
     CHANGED = "changed"  # a row with another fingerprint
