@@ -18,11 +18,14 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import socket
 from collections import Counter
 from typing import Any
+from urllib.parse import urlsplit
 
 import numpy as np
 
+from grdr_core.errors import BuildIncompleteError
 from grdr_core.stages import MapSettings, UnitEncoder, WorkUnit
 
 logger = logging.getLogger(__name__)
@@ -30,6 +33,8 @@ logger = logging.getLogger(__name__)
 # Rows are small (a unit's paths), so blocks are small too. One unit per block lets the
 # actors share the work evenly.
 TARGET_MAX_BLOCK_BYTES = 1 << 20
+# ray.init keeps retrying an address where nothing listens, so a build checks the address first.
+CONNECT_TIMEOUT_S = 10.0
 
 
 class _UnitActor:
@@ -57,6 +62,8 @@ def ray_map_runner(address: str | None = None, actors: int | None = None):
     def run_units(settings: MapSettings, units: list[WorkUnit]) -> None:
         # Ray's usage statistics would be sent to an outside server; a build never sends them.
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        if address is not None:
+            check_reachable(address)
         import ray
 
         started_here = not ray.is_initialized()
@@ -72,6 +79,30 @@ def ray_map_runner(address: str | None = None, actors: int | None = None):
                 ray.shutdown()
 
     return run_units
+
+
+def check_reachable(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
+    """Raise ``BuildIncompleteError`` when ``address`` (host:port or ray://host:port) does not accept connections.
+
+    ``auto`` and ``local`` are left to Ray, which fails at once when it finds no cluster.
+    """
+    if address in ("auto", "local"):
+        return
+    parts = urlsplit(address if "://" in address else f"gcs://{address}")
+    try:
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        host = port = None
+    if not host or port is None:
+        raise BuildIncompleteError(f"--ray-address {address!r} is not auto, HOST:PORT or ray://HOST:PORT")
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            pass
+    except OSError as exc:
+        raise BuildIncompleteError(
+            f"Failed to connect to a Ray cluster at {address} ({exc.strerror or exc}); start it or fix --ray-address, "
+            "then run the same command again to resume"
+        ) from exc
 
 
 def _map_units(ray: Any, settings: MapSettings, units: list[WorkUnit], actors: int | None) -> None:

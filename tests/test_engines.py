@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 import tarfile
@@ -131,3 +132,28 @@ def test_bad_beam_options_are_rejected(options, message):
 
     with pytest.raises(InvalidInputError, match=message):
         beam_map_runner(options)
+
+
+def test_unreachable_ray_address_fails_fast(corpus, tiny_clip_dir, tmp_path):
+    # A port of this machine that nothing listens on: bound, then released.
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = ["build", str(corpus), "--out", str(tmp_path / "i"), "--model", str(tiny_clip_dir), "--workers", "1"]
+    command += ["--engine", "ray", "--ray-address", f"127.0.0.1:{port}"]
+
+    result = subprocess.run([sys.executable, "-m", "grdr_jobs.cli", *command], capture_output=True, text=True, timeout=300)
+
+    assert result.returncode == 1
+    last_line = result.stderr.strip().splitlines()[-1]
+    assert last_line.startswith(f"grdr-index: error: Failed to connect to a Ray cluster at 127.0.0.1:{port} ("), result.stderr
+
+
+def test_malformed_ray_address_is_rejected():
+    from grdr_core.errors import BuildIncompleteError
+    from grdr_pipelines.ray_build import check_reachable
+
+    for address in ("nohost", "ray://:10001", "host:port"):
+        with pytest.raises(BuildIncompleteError, match="is not auto, HOST:PORT"):
+            check_reachable(address)
+    check_reachable("auto")
