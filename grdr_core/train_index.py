@@ -153,6 +153,8 @@ def publish_trained(
         trained.save(layout.model_dir)
 
         header = {k: v for k, v in index.header.items() if k not in ("files", "format_version")}
+        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        header["created_at"] = now
         header["tokenizer"] = {
             "name": trained.name,
             "views": trained.views,
@@ -161,7 +163,7 @@ def publish_trained(
             "seed": trained.config.seed,
             "retriever": True,
             "cotrain": trained.config.cotrain,
-            "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "trained_at": now,
             "captions": source,
             "caption_report": asdict(report) if report is not None else None,
             "id_statistics": stats,

@@ -95,6 +95,11 @@ def resolve_version(root: str | os.PathLike[str]) -> Path:
         return Path(os.path.realpath(directory))
     if IndexLayout(paths.root).header.is_file():
         return Path(os.path.realpath(paths.root))
+    if list_versions(paths.root):
+        raise IndexFormatError(
+            f"Index {paths.root} has versions but no CURRENT file; "
+            f"run `grdr-index rollback {paths.root} --to NAME` with one of: {_names_or_none(paths.root)}"
+        )
     raise IndexFormatError(f"Not a grdr index (no CURRENT file or index.json): {paths.root}")
 
 
@@ -272,7 +277,8 @@ def publish_version(
 def rollback(root: str | os.PathLike[str], to: str | None = None) -> str:
     """Make ``to`` (default: the newest version older than the current one) current; return its name."""
     root = Path(root).absolute()
-    if not is_index_root(root):
+    # A root whose CURRENT was lost still has its versions: --to repairs it.
+    if not is_index_root(root) and not list_versions(root):
         resolve_version(root)  # raises the reader's error for a path that is no index
     with _publish_lock(root):
         names = list_versions(root)

@@ -330,6 +330,21 @@ def test_current_naming_missing_version(versions_src, tmp_path):
         verify_index(root)
 
 
+def test_deleted_current_is_repaired_by_rollback(versions_src, tmp_path):
+    root = tmp_path / "index"
+    for tag in "ab":
+        _publish(versions_src, tag, root)
+    IndexRoot(root).current.unlink()
+
+    with pytest.raises(IndexFormatError, match=r"has versions but no CURRENT file; run `grdr-index rollback .* --to NAME` with one of: v000001, v000002"):
+        open_index(root)
+    with pytest.raises(IndexFormatError, match="no CURRENT file; pass --to"):
+        rollback(root)
+    assert rollback(root, to="v000002") == "v000002"
+    assert read_current(root) == "v000002"
+    assert len(open_index(root).shards) == 9
+
+
 def test_empty_and_oversized_current(versions_src, tmp_path):
     root = tmp_path / "index"
     _publish(versions_src, "a", root)
