@@ -9,7 +9,6 @@ same settings, redoing only unfinished units and steps.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -28,10 +27,11 @@ import pyarrow.parquet as pq
 from grdr_core import remote
 from grdr_core.decode import DecodeConfig
 from grdr_core.discovery import VIDEO_EXTENSIONS, VideoFile, discover_videos
-from grdr_core.errors import BuildIncompleteError, IndexExistsError, InvalidInputError, NothingIndexedError
+from grdr_core.errors import BuildIncompleteError, InvalidInputError, NothingIndexedError
 from grdr_core.features import ClipEncoder, EncoderConfig
-from grdr_core.index import check_output_path, publish, write_header
+from grdr_core.index import publish, write_header
 from grdr_core.manifest import ManifestWriter
+from grdr_core.output import IndexOutput
 from grdr_core.quantize import QuantizerConfig
 from grdr_core.semantic_ids import assign_baseline_ids
 from grdr_core.shards import ShardReader, ShardWriter
@@ -46,9 +46,9 @@ from grdr_core.stages import (
     unit_done,
     write_json_atomic,
 )
-from grdr_core.versions import DEFAULT_KEEP, next_version_name
+from grdr_core.versions import DEFAULT_KEEP
 from grdr_schemas.build import BUILD_FILES_SCHEMA, BUILD_WORK_VERSION, DEFAULT_FILES_PER_UNIT, WorkLayout, work_dir_for
-from grdr_schemas.index import IndexLayout, version_name, version_number
+from grdr_schemas.index import IndexLayout
 from grdr_schemas.manifest import MANIFEST_SCHEMA, VideoStatus
 from grdr_schemas.shards import DEFAULT_RECORDS_PER_SHARD
 
@@ -139,8 +139,8 @@ def build_index(
     ``NothingIndexedError`` (and publishes nothing) when no video could be indexed.
     """
     started = time.monotonic()
-    out_url = str(config.out_dir) if remote.is_remote(config.out_dir) else None
-    out_dir = _local_build_root(out_url) if out_url else Path(config.out_dir).resolve()
+    output = IndexOutput.of(config.out_dir)
+    out_dir = output.root
     work = WorkLayout(Path(config.work_dir).resolve() if config.work_dir else work_dir_for(out_dir))
     # The driver loads the encoder too: it checks the model before any work is
     # scheduled, and the header records its checksum.
@@ -150,17 +150,13 @@ def build_index(
 
     units = resume_plan(work, settings)
     if units is None:
-        if out_url:
-            _check_remote_output(out_url, config.overwrite)
-        else:
-            input_root = None if remote.is_remote(config.input_root) else config.input_root
-            check_output_path(out_dir, config.overwrite, input_root=input_root)
+        output.check(config.overwrite, input_root=config.input_root)
         files = discover_videos(config.input_root)
         if not files:
             raise NothingIndexedError(
                 f"No video files found under {config.input_root} (extensions: {', '.join(sorted(VIDEO_EXTENSIONS))})"
             )
-        version = _next_version(out_dir, out_url)
+        version = output.next_version()
         units = write_plan(work, settings, files, config.files_per_unit, version)
 
     map_settings = MapSettings(str(work.root), config.encoder, decode_config, decode_workers=config.workers)
@@ -169,7 +165,7 @@ def build_index(
     discovered = sum(len(unit.files) for unit in units)
     indexed = status_counts.get(VideoStatus.OK.value, 0)
     summary = BuildSummary(
-        out_url or out_dir, discovered, indexed, dict(status_counts), 0.0, units=len(units), units_resumed=len(units) - units_run
+        output.name, discovered, indexed, dict(status_counts), 0.0, units=len(units), units_resumed=len(units) - units_run
     )
     if indexed == 0:
         shutil.rmtree(work.root)
@@ -187,41 +183,12 @@ def build_index(
     version = json.loads(work.plan.read_text())["version"]
     publish(work.staging, out_dir, overwrite=True, keep=config.keep_versions, version=version)
     checkpoint("after-publish")
-    if out_url:
-        remote.upload_tree(out_dir, out_url)
+    output.finish(version, config.keep_versions)
     remove_work(work)
 
     summary.seconds = time.monotonic() - started
     logger.info("Build finished: %s", summary.describe())
     return summary
-
-
-def _local_build_root(out_url: str) -> Path:
-    """Return the local index root that a build for the URL ``out_url`` publishes into before uploading."""
-    key = hashlib.sha256(out_url.rstrip("/").encode()).hexdigest()[:24]
-    return remote.default_cache_dir() / "builds" / key / "index"
-
-
-def _check_remote_output(out_url: str, overwrite: bool) -> None:
-    """Reject a URL that contains an index already, unless ``overwrite`` allows a new version there."""
-    fs, path = remote.filesystem(out_url)
-    fs.invalidate_cache(path)
-    has_index = fs.exists(f"{path.rstrip('/')}/CURRENT") or fs.exists(f"{path.rstrip('/')}/index.json")
-    if has_index and not overwrite:
-        raise IndexExistsError(f"An index exists at {out_url} (pass --overwrite to publish a new version of it)")
-    if not has_index and fs.exists(path) and fs.ls(path):
-        raise IndexExistsError(f"{out_url} exists and is not a grdr index; choose another output URL")
-
-
-def _next_version(out_dir: Path, out_url: str | None) -> str:
-    """Return the version name this build publishes, above every local and remote version."""
-    numbers = [version_number(next_version_name(out_dir)) if out_dir.exists() else 1]
-    if out_url:
-        fs, path = remote.filesystem(out_url)
-        versions = f"{path.rstrip('/')}/versions"
-        names = [name.rstrip("/").rsplit("/", 1)[-1] for name in fs.ls(versions, detail=False)] if fs.exists(versions) else []
-        numbers += [version_number(name) + 1 for name in names if version_number(name) is not None]
-    return version_name(max(numbers))
 
 
 def location(path: Path | str) -> str:

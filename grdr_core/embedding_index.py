@@ -21,11 +21,13 @@ import pyarrow as pa
 
 from grdr_core.errors import InvalidInputError, NothingIndexedError
 from grdr_core.feature_files import DEFAULT_BATCH_ROWS, FeatureBatch, check_video_ids, embedding_errors, open_feature_file
-from grdr_core.index import check_output_path, publish, staging_dir_for, write_header
+from grdr_core.index import publish, staging_dir_for, write_header
 from grdr_core.manifest import ManifestWriter
+from grdr_core.output import IndexOutput
 from grdr_core.quantize import QuantizerConfig
 from grdr_core.semantic_ids import assign_baseline_ids
 from grdr_core.shards import ShardReader, ShardWriter
+from grdr_core.versions import DEFAULT_KEEP
 from grdr_schemas.index import PRECOMPUTED_PREFIX, IndexLayout
 from grdr_schemas.manifest import VideoStatus
 from grdr_schemas.shards import DEFAULT_RECORDS_PER_SHARD
@@ -40,7 +42,7 @@ MAX_LOGGED_FAILURES = 10
 class EmbeddingBuildSummary:
     """Outcome of a build from precomputed embeddings; ``rows = indexed + failed``."""
 
-    out_dir: Path
+    out_dir: Path | str  # the URL when the index was uploaded
     rows: int
     indexed: int
     status_counts: dict[str, int]
@@ -63,13 +65,14 @@ class EmbeddingBuildSummary:
 
 def build_index_from_features(
     path: str | Path,
-    out_dir: Path,
+    out_dir: Path | str,
     encoder_name: str,
     ids_path: str | Path | None = None,
     quantizer: QuantizerConfig = QuantizerConfig(),
     records_per_shard: int = DEFAULT_RECORDS_PER_SHARD,
     overwrite: bool = False,
     batch_rows: int = DEFAULT_BATCH_ROWS,
+    keep_versions: int = DEFAULT_KEEP,
 ) -> EmbeddingBuildSummary:
     """Publish an index of the embeddings in a Parquet or ``.npy`` feature file.
 
@@ -77,20 +80,22 @@ def build_index_from_features(
     its format). Every row gets a manifest row. A row whose embedding is invalid is
     recorded with status ``invalid_embedding`` and its reason, and is not indexed.
     Raises ``InvalidInputError`` for a bad file and ``NothingIndexedError`` when no row
-    is valid. In both cases nothing is published.
+    is valid. In both cases nothing is published. ``out_dir`` may be a URL
+    (``grdr_core.output`` says how an index is published there); the newest
+    ``keep_versions`` versions are kept.
     """
-    out_dir = Path(out_dir).resolve()
+    output = IndexOutput.of(out_dir)
     # The feature file counts as the input, so --overwrite cannot delete a folder that contains it.
-    check_output_path(out_dir, overwrite, input_root=Path(path))
+    output.check(overwrite, input_root=path)
     features = open_feature_file(path, ids_path)
     return _publish_embeddings(
         features.batches(batch_rows),
         features.dim,
-        out_dir,
+        output,
         encoder_name,
         quantizer,
         records_per_shard,
-        overwrite,
+        keep_versions,
         source=features.describe(),
     )
 
@@ -112,16 +117,16 @@ def build_index_from_embeddings(
     Rows that are not finite or all zeros are recorded as failed, as in
     ``build_index_from_features``.
     """
-    out_dir = Path(out_dir).resolve()
-    check_output_path(out_dir, overwrite)
+    output = IndexOutput.of(out_dir)
+    output.check(overwrite)
     if embeddings.ndim != 2 or len(embeddings) != len(video_ids) or len(video_ids) == 0:
         raise InvalidInputError(
             f"Need one embedding row per video id: got {len(video_ids)} ids and embeddings of shape {embeddings.shape}"
         )
     check_video_ids(pa.array([str(v) for v in video_ids], pa.string()), "video_ids")
     batches = _array_batches(video_ids, embeddings, chunk)
-    _publish_embeddings(batches, embeddings.shape[1], out_dir, encoder_name, quantizer, records_per_shard, overwrite, source=None)
-    return out_dir
+    _publish_embeddings(batches, embeddings.shape[1], output, encoder_name, quantizer, records_per_shard, DEFAULT_KEEP, source=None)
+    return output.root
 
 
 def _array_batches(video_ids: Sequence[str], embeddings: np.ndarray, chunk: int) -> Iterator[FeatureBatch]:
@@ -137,22 +142,25 @@ def _array_batches(video_ids: Sequence[str], embeddings: np.ndarray, chunk: int)
 def _publish_embeddings(
     batches: Iterable[FeatureBatch],
     dim: int,
-    out_dir: Path,
+    output: IndexOutput,
     encoder_name: str,
     quantizer: QuantizerConfig,
     records_per_shard: int,
-    overwrite: bool,
+    keep: int,
     source: dict[str, Any] | None,
 ) -> EmbeddingBuildSummary:
-    """Write shards and manifest rows for ``batches``, assign baseline IDs and publish."""
+    """Write shards and manifest rows for ``batches``, assign baseline IDs and publish.
+
+    The caller has checked the output, so publishing may add a version to an index there.
+    """
     started = time.monotonic()
-    staging = staging_dir_for(out_dir)
+    staging = staging_dir_for(output.root)
     layout = IndexLayout(staging)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    output.root.parent.mkdir(parents=True, exist_ok=True)
     try:
         status_counts = _write_embeddings(batches, dim, layout, records_per_shard)
         indexed = status_counts.get(VideoStatus.OK.value, 0)
-        summary = EmbeddingBuildSummary(out_dir, sum(status_counts.values()), indexed, dict(status_counts), 0.0)
+        summary = EmbeddingBuildSummary(output.name, sum(status_counts.values()), indexed, dict(status_counts), 0.0)
         summary.stage_seconds["write"] = time.monotonic() - started
         if indexed == 0:
             raise NothingIndexedError(f"No embedding was indexed: {summary.describe()}")
@@ -173,13 +181,14 @@ def _publish_embeddings(
             "shards": {"count": indexed, "dim": dim, "records_per_shard": records_per_shard, "dtype": "float16"},
         }
         write_header(layout, header)
-        publish(staging, out_dir, overwrite)
+        version = publish(staging, output.root, overwrite=True, keep=keep, version=output.next_version())
+        output.finish(version, keep)
         summary.stage_seconds["publish"] = time.monotonic() - stage_started
     finally:
         if staging.exists():
             shutil.rmtree(staging)
     summary.seconds = time.monotonic() - started
-    logger.info("Indexed precomputed embeddings into %s: %s", out_dir, summary.describe())
+    logger.info("Indexed precomputed embeddings into %s: %s", output.name, summary.describe())
     return summary
 
 

@@ -397,9 +397,9 @@ def open_remote_index(url: str | os.PathLike[str], cache_dir: str | os.PathLike[
         # s3fs and gcsfs serve file metadata from listings cached earlier in this process, which
         # would hide a newly published version.
         fs.invalidate_cache(root)
-        version = _read_current(url)
+        version = read_current_url(url)
         header_url = join_url(url, VERSIONS_DIR, version, HEADER_NAME) if version else join_url(url, HEADER_NAME)
-        header = _read_header(header_url, url)
+        header = read_header_url(header_url, url)
         key = hashlib.sha256((version or "").encode() + b"\0" + header).hexdigest()[:24]
         target = url_dir / key
         if target.is_dir():
@@ -414,7 +414,7 @@ def open_remote_index(url: str | os.PathLike[str], cache_dir: str | os.PathLike[
     )
 
 
-def _read_current(url: str) -> str | None:
+def read_current_url(url: str) -> str | None:
     """Return the version name in ``url/CURRENT``, or None for an index without versions."""
     current_url = join_url(url, CURRENT_NAME)
     try:
@@ -430,7 +430,8 @@ def _read_current(url: str) -> str | None:
     return name
 
 
-def _read_header(header_url: str, url: str) -> bytes:
+def read_header_url(header_url: str, url: str) -> bytes:
+    """Return the bytes of the ``index.json`` at ``header_url`` of the index ``url``."""
     try:
         with fsspec.open(header_url, "rb") as f:
             return f.read()

@@ -72,6 +72,7 @@ def format_report(report: dict[str, Any]) -> str:
     ids = report["semantic_ids"]
     lines = [
         f"index        {report['index']} ({_version_text(report)}format {report['format_version']})",
+        *([f"cached at    {report['cached_at']}"] if report.get("cached_at") else []),
         f"encoder      {report['encoder']['name']} ({report['encoder']['checksum'][:23]}..., dim {report['encoder']['dim']})",
         f"videos       {videos['discovered']} discovered, {videos['indexed']} indexed",
     ]

@@ -50,6 +50,7 @@ from grdr_core.features import ClipEncoder, EncoderConfig
 from grdr_core.id_stats import id_statistics
 from grdr_core.index import publish, write_header
 from grdr_core.manifest import ManifestWriter, read_manifest
+from grdr_core.output import IndexOutput
 from grdr_core.quantize import TOKENIZER_NAME as BASELINE_TOKENIZER, ResidualKMeansTokenizer
 from grdr_core.semantic_ids import assign_baseline_ids
 from grdr_core.shards import ShardReader, ShardWriter
@@ -71,9 +72,10 @@ MERGE_CHUNK = 4096
 
 @dataclass(frozen=True)
 class UpdateConfig:
-    """Settings of one update of the local index root ``index_dir``.
+    """Settings of one update of the index root ``index_dir``, a local path or a URL.
 
-    ``input_root`` defaults to the input root recorded in the index, and ``model`` to
+    At a URL the update runs in a local copy and uploads the new version (see
+    ``grdr_core.output``). ``input_root`` defaults to the input root recorded in the index, and ``model`` to
     the encoder recorded there; another ``model`` must have the same weights.
     ``decode_overrides`` replaces fields of the decode settings recorded in the index
     (``DecodeConfig`` field names). ``retrain`` refits the tokenizer: the residual
@@ -116,7 +118,7 @@ class UpdateConfig:
 class UpdateSummary:
     """Counts and outcome of one update. ``version`` is None when the index was up to date."""
 
-    index_dir: Path
+    index_dir: Path | str  # a URL when the index is at a URL
     base_version: str
     version: str | None
     added: int
@@ -175,12 +177,9 @@ def update_index(
     weights differ from the index's, and ``NothingIndexedError`` when the new version
     would hold no video.
     """
-    started = time.monotonic()
     if remote.is_remote(config.index_dir):
-        raise InvalidInputError(
-            f"update works on a local index, not {config.index_dir}; download it with "
-            "grdr_core.remote, update the copy, then upload it"
-        )
+        return _update_at_url(config, encoder, progress, on_pending, map_runner)
+    started = time.monotonic()
     root = Path(config.index_dir).absolute()
     if not is_index_root(root):
         raise InvalidInputError(f"{root} is not a grdr index root (no CURRENT file and versions/ folder, nor an index.json)")
@@ -234,12 +233,17 @@ def update_index(
             logger.warning("Updating %s from %s, but its files were indexed from %s", root, location(input_root), header.get("input_root"))
         changes, todo = _compare(files, read_manifest(IndexLayout(base_dir).manifest_dir))
         counts = Counter(changes["change"].to_pylist())
-        if not (counts[Change.ADDED.value] or counts[Change.CHANGED.value] or counts[Change.REMOVED.value]):
+        unchanged = not (counts[Change.ADDED.value] or counts[Change.CHANGED.value] or counts[Change.REMOVED.value])
+        # With --retrain and no change, a baseline index still gets a new version with a
+        # refitted k-means. A trained model is retrained on the current version directly.
+        if unchanged and not (config.retrain and tokenizer_kind == "baseline"):
             summary = _summary(root, base_name, None, counts, [])
             summary.discovered, summary.indexed = len(files), int(header["counts"]["indexed"])
             summary.status_counts = dict(header["counts"]["by_status"])
+            if config.retrain:
+                summary.trained_version = summary.version = _retrain_model(root, base_name, config)
             summary.seconds = time.monotonic() - started
-            logger.info("Index %s is up to date: %s", root, summary.describe())
+            logger.info("Index %s: %s", root, summary.describe())
             return summary
         work.root.mkdir(parents=True, exist_ok=True)
         pq.write_table(changes, changes_path(work.root), compression="zstd")
@@ -274,6 +278,25 @@ def update_index(
 
     summary.seconds = time.monotonic() - started
     logger.info("Update of %s finished: %s", root, summary.describe())
+    return summary
+
+
+def _update_at_url(
+    config: UpdateConfig,
+    encoder: ClipEncoder | None,
+    progress: ProgressCallback | None,
+    on_pending: Callable[[int], None] | None,
+    map_runner: MapRunner | None,
+) -> UpdateSummary:
+    """Update the index at a URL in a local copy of its current version, then upload what it published."""
+    started = time.monotonic()
+    output = IndexOutput.of(config.index_dir)
+    output.pull(config.keep_versions)
+    summary = update_index(replace(config, index_dir=output.root), encoder, progress, on_pending, map_runner)
+    for version in dict.fromkeys(v for v in (summary.version, summary.trained_version) if v is not None):
+        output.finish(version, config.keep_versions)
+    summary.index_dir = output.url
+    summary.seconds = time.monotonic() - started
     return summary
 
 

@@ -108,8 +108,7 @@ def build(
         raise click.UsageError("Give exactly one of INPUT_DIR (a folder of videos) and --features FILE (precomputed embeddings).")
     if features_path is not None:
         _reject_video_options(click.get_current_context())
-        _build_from_features(features_path, ids_path, encoder_name, Path(out_dir), levels, codes_per_level, seed, overwrite)
-        _prune_after_build(out_dir, keep_versions)
+        _build_from_features(features_path, ids_path, encoder_name, out_dir, levels, codes_per_level, seed, overwrite, keep_versions)
         return
     for name, value in (("--ids", ids_path), ("--encoder-name", encoder_name)):
         if value is not None:
@@ -169,7 +168,10 @@ def _local_index(ctx: click.Context, param: click.Parameter, value: str) -> Path
     """Return the local path of an index argument, downloading a remote index (s3://...) into the cache."""
     from grdr_core.versions import local_index_path
 
-    return Path(local_index_path(value))
+    local = Path(local_index_path(value))
+    if str(local) != value:
+        ctx.meta["grdr_index_url"] = value  # what reports name instead of the cache path
+    return local
 
 
 def _map_runner(engine: str, beam_args: list[str], ray_address: str | None):
@@ -181,16 +183,6 @@ def _map_runner(engine: str, beam_args: list[str], ray_address: str | None):
     from grdr_pipelines.ray_build import ray_map_runner
 
     return ray_map_runner(address=ray_address)
-
-
-def _prune_after_build(out_dir: Path, keep_versions: int) -> None:
-    # TODO: pass keep_versions into the build's own publish once BuildConfig and
-    # build_index_from_features take it. Until then the build keeps DEFAULT_KEEP
-    # versions, so this only honors values below it.
-    from grdr_core.versions import prune_versions
-
-    if keep_versions < DEFAULT_KEEP:
-        prune_versions(out_dir, keep_versions)
 
 
 def _decode_limits(max_pixels: int | None, max_duration_s: float | None) -> dict[str, int | float | None]:
@@ -217,11 +209,12 @@ def _build_from_features(
     features_path: Path,
     ids_path: Path | None,
     encoder_name: str | None,
-    out_dir: Path,
+    out_dir: str,
     levels: int,
     codes_per_level: int,
     seed: int,
     overwrite: bool,
+    keep_versions: int,
 ) -> None:
     from grdr_core.embedding_index import build_index_from_features
     from grdr_core.quantize import QuantizerConfig
@@ -233,6 +226,7 @@ def _build_from_features(
         ids_path=ids_path,
         quantizer=QuantizerConfig(levels=levels, codes_per_level=codes_per_level, seed=seed),
         overwrite=overwrite,
+        keep_versions=keep_versions,
     )
     click.echo(f"Indexed {summary.out_dir}: {summary.describe()}")
 
@@ -250,6 +244,9 @@ def inspect(index_dir: Path, as_json: bool) -> None:
         report = index_report(index)
     finally:
         index.close()
+    url = click.get_current_context().meta.get("grdr_index_url")
+    if url is not None:
+        report = {"index": url, "cached_at": report["index"], **{k: v for k, v in report.items() if k != "index"}}
     click.echo(json.dumps(report, indent=2) if as_json else format_report(report))
 
 
@@ -292,7 +289,7 @@ def versions(index_dir: Path, as_json: bool) -> None:
             details = "index.json missing or unreadable"
         else:
             details = f"created {summary['created_at']}, {summary['indexed']} videos, {summary['tokenizer']} IDs"
-            details += ", trained retriever" if summary["retriever"] else ""
+            details += f", retriever trained {summary['trained_at']}" if summary["retriever"] else ""
         click.echo(f"{'*' if info.current else ' '} {info.name}  {details}")
 
 
@@ -300,8 +297,12 @@ def _version_summary(header: dict | None) -> dict:
     header = header or {}
     tokenizer = header.get("tokenizer") if isinstance(header.get("tokenizer"), dict) else {}
     counts = header.get("counts") if isinstance(header.get("counts"), dict) else {}
+    # Versions written by train before it set its own created_at kept the build's, so the
+    # later of created_at and trained_at is the publish time. An update keeps trained_at.
+    times = [t for t in (header.get("created_at"), tokenizer.get("trained_at")) if isinstance(t, str)]
     return {
-        "created_at": tokenizer.get("trained_at") or header.get("created_at"),
+        "created_at": max(times) if times else None,
+        "trained_at": tokenizer.get("trained_at"),
         "indexed": counts.get("indexed"),
         "tokenizer": tokenizer.get("name"),
         "retriever": bool(tokenizer.get("retriever")),
@@ -324,7 +325,7 @@ def rollback(index_dir: Path, to: str | None) -> None:
 
 
 @cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
-@click.argument("index_dir", callback=_local_only)
+@click.argument("index_dir")
 @click.argument("input_dir", required=False)
 @click.option("--model", default=None, help="CLIP model to encode new files with; must have the weights recorded in the index [default: the recorded encoder].")
 @click.option("--device", default="cpu", show_default=True, help='Torch device for the image encoder, e.g. "cpu" or "cuda".')
@@ -344,7 +345,7 @@ def rollback(index_dir: Path, to: str | None) -> None:
 @click.option("--keep-versions", "keep_versions", default=DEFAULT_KEEP, show_default=True, type=click.IntRange(min=1), help="Versions of the index to keep after publishing; older ones are deleted, never the current one.")
 @click.option("--json", "as_json", is_flag=True, help="Print the counts and the new version as JSON.")
 def update(
-    index_dir: Path,
+    index_dir: str,
     input_dir: str | None,
     model: str | None,
     device: str,
@@ -371,7 +372,8 @@ def update(
     are dropped, and semantic IDs come from the index's tokenizer. INPUT_DIR defaults
     to the input root recorded in the index. When nothing was added, changed or
     removed, no version is published. A killed update resumes when the same command
-    is run again.
+    is run again. INDEX_DIR may be a URL (s3://...): the update runs in a local copy
+    in the cache and uploads the new version.
     """
     extra_args = click.get_current_context().args
     if extra_args and engine != "beam":

@@ -24,7 +24,7 @@ logger = logging.getLogger("grdr_jobs.nightly_update")
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="grdr-nightly-update", description=__doc__.splitlines()[0])
-    parser.add_argument("index", type=Path, help="local index root to update")
+    parser.add_argument("index", help="index root to update: a local folder or a URL (s3://...)")
     parser.add_argument("input", nargs="?", default=None, help="input folder or URL [default: the input root recorded in the index]")
     parser.add_argument("--model", default=None, help="CLIP model with the index's encoder weights [default: the recorded encoder]")
     parser.add_argument("--device", default="cpu", help="torch device for the image encoder [default: cpu]")

@@ -7,6 +7,7 @@ download of directory trees and the local cache of remote indexes.
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import shutil
 import socket
@@ -570,7 +571,110 @@ def test_build_from_s3_to_s3(s3_bucket, network_guard, tiny_clip_dir, tmp_path, 
 
     result = CliRunner().invoke(cli, ["inspect", f"{s3_bucket}/index", "--json"])
     assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["index"] == f"{s3_bucket}/index"
+    assert Path(report["cached_at"]).is_dir()
+    assert report["videos"]["indexed"] == 4
+    text = CliRunner().invoke(cli, ["inspect", f"{s3_bucket}/index"]).stdout
+    assert text.startswith(f"index        {s3_bucket}/index ")
     # A second build to the same URL is rejected without --overwrite, and adds a version with it.
     again = CliRunner().invoke(cli, ["build", f"{s3_bucket}/lake", "--out", f"{s3_bucket}/index", "--model", str(tiny_clip_dir), "--workers", "1", "--frames", "3", "--codes", "2", "--levels", "2"])
     assert "An index exists" in str(again.exception)
+    again = CliRunner().invoke(cli, ["build", f"{s3_bucket}/lake", "--out", f"{s3_bucket}/index", "--model", str(tiny_clip_dir), "--workers", "1", "--frames", "3", "--codes", "2", "--levels", "2", "--overwrite", "--keep-versions", "1"])
+    assert again.exit_code == 0, again.output
+    fs = fsspec.filesystem("s3")
+    fs.invalidate_cache()
+    # Only the new version was uploaded, and the older one was pruned from the bucket.
+    assert [name.rsplit("/", 1)[-1] for name in fs.ls(f"{s3_bucket}/index/versions")] == ["v000002"]
+    assert fs.cat(f"{s3_bucket}/index/CURRENT") == b"v000002\n"
+    assert not network_guard.blocked
+
+
+def test_build_from_features_to_s3(s3_bucket, network_guard, tmp_path, monkeypatch):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from grdr_core.embedding_index import build_index_from_features
+    from grdr_core.index import open_index
+    from grdr_core.quantize import QuantizerConfig
+
+    monkeypatch.setenv("GRDR_CACHE_DIR", str(tmp_path / "cache"))
+    rng = np.random.default_rng(0)
+    embeddings = rng.standard_normal((12, 8)).astype(np.float32)
+    features = tmp_path / "features.parquet"
+    pq.write_table(pa.table({"video_id": [f"v{i}" for i in range(12)], "embedding": embeddings.tolist()}), features)
+
+    for expected in ("v000001", "v000002", "v000003"):
+        summary = build_index_from_features(
+            features, f"{s3_bucket}/emb", encoder_name="test", quantizer=QuantizerConfig(levels=2, codes_per_level=2),
+            overwrite=True, keep_versions=2,
+        )
+        assert summary.out_dir == f"{s3_bucket}/emb"
+        assert fsspec.filesystem("s3").cat(f"{s3_bucket}/emb/CURRENT") == f"{expected}\n".encode()
+    fs = fsspec.filesystem("s3")
+    fs.invalidate_cache()
+    assert [name.rsplit("/", 1)[-1] for name in fs.ls(f"{s3_bucket}/emb/versions")] == ["v000002", "v000003"]
+    assert not any(Path.cwd().glob("s3:*"))
+    index = open_index(f"{s3_bucket}/emb")
+    try:
+        assert index.video_ids.to_pylist() == [f"v{i}" for i in range(12)]
+        normalized = embeddings / np.linalg.norm(embeddings, axis=1, keepdims=True)
+        np.testing.assert_allclose(index.shards.get(np.arange(12)), normalized, atol=2e-3)
+    finally:
+        index.close()
+    assert not network_guard.blocked
+
+
+def test_update_index_at_s3(s3_bucket, network_guard, tiny_clip_dir, tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from grdr_core.build import BuildConfig, build_index
+    from grdr_core.features import EncoderConfig
+    from grdr_core.index import open_index
+    from grdr_core.quantize import QuantizerConfig
+    from grdr_jobs.cli import cli
+
+    monkeypatch.setenv("GRDR_CACHE_DIR", str(tmp_path / "cache"))
+    videos = tmp_path / "videos"
+    for i in range(3):
+        write_test_video(videos / f"clip{i}.mp4", frames=6 + i, width=48 + 8 * i, height=40)
+    upload_tree(videos, f"{s3_bucket}/lake")
+    build_index(
+        BuildConfig(
+            input_root=f"{s3_bucket}/lake",
+            out_dir=f"{s3_bucket}/index",
+            decode=DecodeConfig(num_frames=3, timeout_s=60),
+            encoder=EncoderConfig(model=str(tiny_clip_dir), batch_size=8),
+            quantizer=QuantizerConfig(levels=2, codes_per_level=2, seed=0),
+            workers=1,
+        )
+    )
+    # Another machine updates the index, so its cache has no local copy yet.
+    monkeypatch.setenv("GRDR_CACHE_DIR", str(tmp_path / "other-cache"))
+    write_test_video(tmp_path / "new.mp4", frames=9, width=64, height=48)
+    fs = fsspec.filesystem("s3")
+    fs.put(str(tmp_path / "new.mp4"), f"{s3_bucket}/lake/new.mp4")
+    fs.rm(f"{s3_bucket}/lake/clip0.mp4")
+
+    result = CliRunner().invoke(
+        cli, ["update", f"{s3_bucket}/index", "--model", str(tiny_clip_dir), "--workers", "1", "--keep-versions", "1", "--json"]
+    )
+
+    assert result.exit_code == 0, result.output
+    # The moto server logs its requests on stderr; --json prints on stdout.
+    payload = json.loads(result.stdout)
+    assert payload["index"] == f"{s3_bucket}/index"
+    assert (payload["version"], payload["added"], payload["removed"], payload["unchanged"]) == ("v000002", 1, 1, 2)
+    fs.invalidate_cache()
+    assert fs.cat(f"{s3_bucket}/index/CURRENT") == b"v000002\n"
+    assert [name.rsplit("/", 1)[-1] for name in fs.ls(f"{s3_bucket}/index/versions")] == ["v000002"]
+    index = open_index(f"{s3_bucket}/index")
+    try:
+        assert sorted(index.video_ids.to_pylist()) == ["clip1.mp4", "clip2.mp4", "new.mp4"]
+    finally:
+        index.close()
+
+    again = CliRunner().invoke(cli, ["update", f"{s3_bucket}/index", "--model", str(tiny_clip_dir), "--workers", "1", "--json"])
+    assert again.exit_code == 0, again.output
+    assert json.loads(again.stdout)["up_to_date"] is True
     assert not network_guard.blocked

@@ -203,6 +203,25 @@ def test_update_without_changes_publishes_nothing(updated, corpus_v2, tiny_clip_
     assert "up to date" in summary.describe()
 
 
+def test_retrain_without_changes_refits_baseline(base_index, corpus_v1, tiny_clip_dir, encoder, tmp_path):
+    index = _copy_index(base_index, tmp_path)
+    before = index_contents(index)
+
+    summary = update_index(_update_config(index, corpus_v1, tiny_clip_dir, retrain=True), encoder=encoder)
+
+    assert not summary.up_to_date
+    assert summary.retrained
+    assert summary.version == "v000002"
+    assert (summary.added, summary.changed, summary.removed, summary.unchanged) == (0, 0, 0, 6)
+    assert list_versions(index) == ["v000001", "v000002"]
+    after = index_contents(index)
+    assert after["embeddings"] == before["embeddings"]
+    assert after["manifest"] == before["manifest"]
+    # The same embeddings and k-means seed give the same codebook and IDs.
+    assert after["semantic_ids"] == before["semantic_ids"]
+    assert json.loads((index / "versions" / "v000002" / "index.json").read_text())["update"]["retrained"] is True
+
+
 def test_update_rejects_other_encoder(base_index, corpus_v2, tmp_path):
     from grdr_core.testing.tiny_clip import write_tiny_clip
 
@@ -367,6 +386,7 @@ def test_trained_update_keeps_readers_and_rollback(trained_index, corpus_v2, tin
     assert summary.version == "v000003"
     assert (summary.added, summary.changed, summary.removed) == (2, 1, 1)
     assert answers(old_reader) == before
+    _assert_versions_listing(index)
     old_reader.close()
 
     opened = open_index(index)
@@ -395,3 +415,37 @@ def test_trained_retrain_needs_captions(trained_index, corpus_v2, tiny_clip_dir,
     with pytest.raises(InvalidInputError, match="--captions"):
         update_index(_update_config(index, corpus_v2, tiny_clip_dir, retrain=True), encoder=encoder)
     assert list_versions(index) == ["v000001", "v000002"]
+
+
+def test_trained_retrain_without_changes_retrains(trained_index, corpus_v1, tiny_clip_dir, encoder, tmp_path):
+    index = _copy_index(trained_index, tmp_path)
+    captions = tmp_path / "captions.parquet"
+    shutil.copy(trained_index.parent / "captions.parquet", captions)
+    old_trained_at = json.loads((index / "versions" / "v000002" / "index.json").read_text())["tokenizer"]["trained_at"]
+
+    summary = update_index(
+        _update_config(index, corpus_v1, tiny_clip_dir, retrain=True, caption_embeddings=captions), encoder=encoder
+    )
+
+    assert summary.trained_version == summary.version == "v000003"
+    assert (summary.added, summary.changed, summary.removed, summary.unchanged) == (0, 0, 0, 6)
+    assert "retrained model published as v000003" in summary.describe()
+    header = json.loads((index / "versions" / "v000003" / "index.json").read_text())
+    assert header["tokenizer"]["retriever"] is True
+    assert header["tokenizer"]["trained_at"] >= old_trained_at
+    assert index_contents(index)["manifest"] == index_contents(trained_index)["manifest"]
+    _assert_versions_listing(index)
+
+
+def _assert_versions_listing(index: Path) -> None:
+    """``grdr-index versions`` gives each version the time it was published, and its model's training time."""
+    from click.testing import CliRunner
+
+    from grdr_jobs.cli import cli
+
+    result = CliRunner().invoke(cli, ["versions", str(index), "--json"])
+    assert result.exit_code == 0, result.output
+    for row in json.loads(result.output):
+        header = json.loads((index / "versions" / row["name"] / "index.json").read_text())
+        assert row["created_at"] == header["created_at"], row
+        assert row["trained_at"] == header["tokenizer"].get("trained_at"), row
