@@ -85,6 +85,15 @@ class BuildConfig:
             raise InvalidInputError(f"workers must be >= 1, got {self.workers}")
         if self.files_per_unit < 1:
             raise InvalidInputError(f"files_per_unit must be >= 1, got {self.files_per_unit}")
+        check_local_work_dir(self.work_dir)
+
+
+def check_local_work_dir(work_dir: Path | str | None) -> None:
+    """Reject a work folder given as a URL: units, markers and the staging index are local files."""
+    if work_dir is not None and remote.is_remote(work_dir):
+        raise InvalidInputError(
+            f"The work folder must be a local path (on a cluster, a shared file system mounted on every node), not {work_dir}"
+        )
 
 
 @dataclass
@@ -287,9 +296,17 @@ def remove_work(work: WorkLayout) -> None:
 
 
 def write_plan(
-    work: WorkLayout, settings: dict[str, Any], files: list[VideoFile], files_per_unit: int, version: str
+    work: WorkLayout,
+    settings: dict[str, Any],
+    files: list[VideoFile],
+    files_per_unit: int,
+    version: str,
+    plan_id: str | None = None,
 ) -> list[WorkUnit]:
-    """Split ``files`` into units and record them and the settings; ``plan.json`` goes last."""
+    """Split ``files`` into units and record them and the settings; ``plan.json`` goes last.
+
+    ``plan_id`` is recorded to tell this plan's published version from another of the same name.
+    """
     work.units_dir.mkdir(parents=True, exist_ok=True)
     units = [
         WorkUnit(number, tuple(files[start : start + files_per_unit]))
@@ -307,7 +324,10 @@ def write_plan(
         schema=BUILD_FILES_SCHEMA,
     )
     pq.write_table(table, work.files, compression="zstd")
-    write_json_atomic(work.plan, {"settings": settings, "units": len(units), "files": len(files), "version": version})
+    plan = {"settings": settings, "units": len(units), "files": len(files), "version": version}
+    if plan_id is not None:
+        plan["plan_id"] = plan_id
+    write_json_atomic(work.plan, plan)
     return units
 
 

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from grdr_core import remote
 from grdr_core.errors import InvalidInputError, NothingIndexedError
 from grdr_core.feature_files import DEFAULT_BATCH_ROWS, FeatureBatch, check_video_ids, embedding_errors, open_feature_file
 from grdr_core.index import publish, staging_dir_for, write_header
@@ -84,6 +85,8 @@ def build_index_from_features(
     (``grdr_core.output`` says how an index is published there); the newest
     ``keep_versions`` versions are kept.
     """
+    if remote.is_remote(path):
+        raise InvalidInputError(f"--features must be a local file, not {path}; download it first")
     output = IndexOutput.of(out_dir)
     # The feature file counts as the input, so --overwrite cannot delete a folder that contains it.
     output.check(overwrite, input_root=path)

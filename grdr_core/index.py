@@ -22,7 +22,7 @@ from grdr_core.manifest import read_manifest
 from grdr_core.shards import ShardReader
 from grdr_core.trie import TrieReader
 from grdr_core.verify import check_on_open, read_header, sha256_file
-from grdr_core.versions import DEFAULT_KEEP, is_index_root, local_index_path, open_resolved, publish_version, version_root_of
+from grdr_core.versions import DEFAULT_KEEP, is_index_root, list_versions, local_index_path, open_resolved, publish_version, version_root_of
 from grdr_schemas.index import INDEX_FORMAT_VERSION, IndexLayout
 
 logger = logging.getLogger(__name__)
@@ -71,6 +71,11 @@ def check_output_path(out_dir: Path, overwrite: bool, input_root: Path | None = 
         return
     if not overwrite:
         raise IndexExistsError(f"Output path already exists: {out_dir} (pass --overwrite to publish a new version of an existing grdr index)")
+    if out_dir.is_dir() and not out_dir.is_symlink() and not is_index_root(out_dir) and list_versions(out_dir):
+        raise IndexExistsError(
+            f"Output path {out_dir} has index versions but no CURRENT file; repair it with "
+            f"`grdr-index rollback {out_dir} --to NAME` (versions: {', '.join(list_versions(out_dir))}), then publish again"
+        )
     if out_dir.is_symlink() or not out_dir.is_dir() or not is_index_root(out_dir):
         raise IndexExistsError(
             f"Output path {out_dir} exists and is not a grdr index (no CURRENT file and versions/ folder, "

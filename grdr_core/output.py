@@ -78,7 +78,7 @@ class IndexOutput:
             raise InvalidInputError(
                 f"{self.url} has no CURRENT file; only a versioned index (written by grdr-index build) can be updated at a URL"
             )
-        newest = max(self._remote_numbers(), default=0)
+        newest = max(self._remote_numbers(complete=True), default=0)
         if version_number(name) is None or version_number(name) < newest:
             raise InvalidInputError(
                 f"{self.url}/CURRENT names {name}, but {version_name(newest)} is newer; "
@@ -128,15 +128,28 @@ class IndexOutput:
         current = read_current(self.root)
         if current != version:
             logger.warning("The local copy %s now serves %s, not the uploaded %s", self.root, current, version)
-        names = sorted(self._remote_numbers())
-        stale = [version_name(n) for n in names[:-keep] if version_name(n) != version] if len(names) > keep else []
+        return self.prune(keep)
+
+    def prune(self, keep: int) -> list[str]:
+        """Delete the URL's complete versions beyond the newest ``keep``, never its current one; return their names.
+
+        A version folder without ``index.json`` may be an upload in progress, so it is
+        neither counted nor deleted.
+        """
+        if self.url is None:
+            return []
+        fs, path = remote.filesystem(self.url)
+        current = remote.read_current_url(self.url)
+        numbers = sorted(self._remote_numbers(complete=True))
+        stale = [version_name(n) for n in numbers[: max(0, len(numbers) - keep)] if version_name(n) != current]
         for name in stale:
-            fs.rm(f"{path}/versions/{name}", recursive=True)
+            fs.rm(f"{path}/{remote.VERSIONS_DIR}/{name}", recursive=True)
         if stale:
             logger.info("Deleted %d old versions of %s: %s", len(stale), self.url, ", ".join(stale))
         return stale
 
-    def _remote_numbers(self) -> list[int]:
+    def _remote_numbers(self, complete: bool = False) -> list[int]:
+        """Return the numbers of the URL's version folders; ``complete``: only those with ``index.json``."""
         if self.url is None:
             return []
         fs, path = remote.filesystem(self.url)
@@ -145,7 +158,10 @@ class IndexOutput:
         if not fs.exists(versions):
             return []
         names = [name.rstrip("/").rsplit("/", 1)[-1] for name in fs.ls(versions, detail=False)]
-        return [n for n in (version_number(name) for name in names) if n is not None]
+        numbers = [n for n in (version_number(name) for name in names) if n is not None]
+        if complete:
+            numbers = [n for n in numbers if fs.exists(f"{versions}/{version_name(n)}/{remote.HEADER_NAME}")]
+        return numbers
 
     def _header_url(self, version: str) -> str:
         return f"{self.url}/{remote.VERSIONS_DIR}/{version}/{remote.HEADER_NAME}"

@@ -21,6 +21,7 @@ import logging
 import os
 import shutil
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -36,6 +37,7 @@ from grdr_core import remote
 from grdr_core.build import (
     MANIFEST_ROWS_PER_PART,
     MapRunner,
+    check_local_work_dir,
     location,
     remove_partial_ids,
     remove_work,
@@ -60,7 +62,7 @@ from grdr_core.trie import write_trie
 from grdr_core.verify import check_on_open, read_header
 from grdr_core.versions import DEFAULT_KEEP, is_index_root, next_version_name, read_current, resolve_version
 from grdr_schemas.build import BUILD_WORK_VERSION, DEFAULT_FILES_PER_UNIT, WorkLayout
-from grdr_schemas.index import PRECOMPUTED_PREFIX, IndexLayout, IndexRoot, version_name
+from grdr_schemas.index import PRECOMPUTED_PREFIX, IndexLayout, IndexRoot, version_name, version_number
 from grdr_schemas.manifest import MANIFEST_SCHEMA, VideoStatus
 from grdr_schemas.update import UPDATE_CHANGES_SCHEMA, UPDATE_WORK_VERSION, Change, changes_path, update_work_dir_for
 
@@ -112,6 +114,7 @@ class UpdateConfig:
             raise InvalidInputError("Give at most one of --captions and --caption-embeddings")
         if (self.captions is not None or self.caption_embeddings is not None) and not self.retrain:
             raise InvalidInputError("--captions and --caption-embeddings apply only with --retrain")
+        check_local_work_dir(self.work_dir)
 
 
 @dataclass
@@ -168,6 +171,9 @@ def update_index(
     progress: ProgressCallback | None = None,
     on_pending: Callable[[int], None] | None = None,
     map_runner: MapRunner | None = None,
+    *,
+    on_published: Callable[[str], None] | None = None,
+    first_version: str | None = None,
 ) -> UpdateSummary:
     """Update the index at ``config.index_dir`` to the files under the input root, publishing a new version.
 
@@ -175,13 +181,16 @@ def update_index(
     added, changed or removed. ``progress`` is called once per decoded file, so only
     new and changed files reach it. Raises ``InvalidInputError`` when the encoder's
     weights differ from the index's, and ``NothingIndexedError`` when the new version
-    would hold no video.
+    would hold no video. ``on_published`` is called with the name of each version this
+    update publishes, before its work folder is deleted, so a rerun after a kill calls it
+    again. ``first_version`` is the lowest version name the update may publish.
     """
     if remote.is_remote(config.index_dir):
         return _update_at_url(config, encoder, progress, on_pending, map_runner)
     started = time.monotonic()
     root = Path(config.index_dir).absolute()
     if not is_index_root(root):
+        resolve_version(root)  # raises the reader's error, which says how to repair a lost CURRENT
         raise InvalidInputError(f"{root} is not a grdr index root (no CURRENT file and versions/ folder, nor an index.json)")
     work = WorkLayout(Path(config.work_dir).absolute() if config.work_dir else update_work_dir_for(root))
 
@@ -190,7 +199,10 @@ def update_index(
     plan = _read_plan_or_none(work)
     base_name = current
     if plan is not None and plan.get("version") == current:
-        base_name = plan["settings"].get("base_version", current)
+        if _published_by(root, current, plan):
+            base_name = plan["settings"].get("base_version", current)
+        else:
+            logger.info("Version %s of %s was published by another update; this update starts from it", current, root)
     header = read_header(IndexLayout(resolve_version(root)))
     tokenizer_kind = _tokenizer_kind(root, header)
 
@@ -242,6 +254,8 @@ def update_index(
             summary.status_counts = dict(header["counts"]["by_status"])
             if config.retrain:
                 summary.trained_version = summary.version = _retrain_model(root, base_name, config)
+                if on_published is not None:
+                    on_published(summary.version)
             summary.seconds = time.monotonic() - started
             logger.info("Index %s: %s", root, summary.describe())
             return summary
@@ -249,7 +263,9 @@ def update_index(
         pq.write_table(changes, changes_path(work.root), compression="zstd")
         # A single-version index becomes version 1 when the first new version is published.
         version = next_version_name(root) if read_current(root) is not None else version_name(2)
-        units = write_plan(work, settings, todo, config.files_per_unit, version)
+        if first_version is not None:
+            version = max(version, first_version, key=version_number)
+        units = write_plan(work, settings, todo, config.files_per_unit, version, plan_id=uuid.uuid4().hex)
 
     map_settings = MapSettings(str(work.root), encoder_config, decode_config, decode_workers=config.workers)
     results, units_run = run_map_stage(work, units, map_settings, encoder, progress, on_pending, map_runner)
@@ -268,12 +284,17 @@ def update_index(
     tokenizer_header = _assign_ids(work, root, base_name, layout, tokenizer_kind, summary.indexed, encoder.dim, records_per_shard, config.retrain)
     summary.retrained = config.retrain and tokenizer_kind == "baseline"
     if work.staging.exists():
-        write_header(layout, _header(header, input_root, decode_config, tokenizer_header, summary, records_per_shard, encoder.dim))
+        plan_id = json.loads(work.plan.read_text()).get("plan_id")
+        write_header(layout, _header(header, input_root, decode_config, tokenizer_header, summary, records_per_shard, encoder.dim, plan_id))
         checkpoint("before-publish")
     publish(work.staging, root, overwrite=True, keep=config.keep_versions, version=version, expected_current=base_name)
     checkpoint("after-publish")
+    if on_published is not None:
+        on_published(version)
     if config.retrain and tokenizer_kind == "trained":
         summary.trained_version = _retrain_model(root, version, config)
+        if on_published is not None:
+            on_published(summary.trained_version)
     remove_work(work)
 
     summary.seconds = time.monotonic() - started
@@ -292,12 +313,32 @@ def _update_at_url(
     started = time.monotonic()
     output = IndexOutput.of(config.index_dir)
     output.pull(config.keep_versions)
-    summary = update_index(replace(config, index_dir=output.root), encoder, progress, on_pending, map_runner)
-    for version in dict.fromkeys(v for v in (summary.version, summary.trained_version) if v is not None):
-        output.finish(version, config.keep_versions)
+    # Each version is uploaded before the work folder goes, so a rerun after a kill
+    # finds the work and uploads again what did not reach the URL.
+    summary = update_index(
+        replace(config, index_dir=output.root),
+        encoder,
+        progress,
+        on_pending,
+        map_runner,
+        on_published=lambda version: output.finish(version, config.keep_versions),
+        first_version=output.next_version(),
+    )
+    if summary.up_to_date:
+        output.prune(config.keep_versions)  # a killed run may have left old versions
     summary.index_dir = output.url
     summary.seconds = time.monotonic() - started
     return summary
+
+
+def _published_by(root: Path, version: str, plan: dict[str, Any]) -> bool:
+    """Return whether ``version`` of ``root`` was published from ``plan``, not by another update of the same name."""
+    try:
+        header = read_header(IndexLayout(IndexRoot(root).version_dir(version)))
+    except IndexFormatError:
+        return False
+    update = header.get("update") if isinstance(header.get("update"), dict) else {}
+    return plan.get("plan_id") is None or update.get("plan_id") == plan.get("plan_id")
 
 
 def _read_plan_or_none(work: WorkLayout) -> dict[str, Any] | None:
@@ -551,6 +592,7 @@ def _header(
     summary: UpdateSummary,
     records_per_shard: int,
     dim: int,
+    plan_id: str | None,
 ) -> dict[str, Any]:
     return {
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -565,7 +607,7 @@ def _header(
             "by_status": summary.status_counts,
         },
         "shards": {"count": summary.indexed, "dim": dim, "records_per_shard": records_per_shard, "dtype": "float16"},
-        "update": {"base_version": summary.base_version, "retrained": summary.retrained, **summary.counts()},
+        "update": {"base_version": summary.base_version, "plan_id": plan_id, "retrained": summary.retrained, **summary.counts()},
     }
 
 

@@ -6,8 +6,10 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -34,6 +36,13 @@ def _configure_logging(verbose: bool) -> None:
     )
 
 
+def _local_path(ctx: click.Context, param: click.Parameter, value: str | None) -> Path | None:
+    """Return an option's value as a local path; a URL is rejected before pathlib could fold it into one."""
+    if value is not None and "://" in value:
+        raise click.BadParameter(f"{value} is a URL; this option takes a local path (a mounted shared folder works on a cluster)")
+    return Path(value) if value is not None else None
+
+
 @click.group()
 @click.option("-v", "--verbose", is_flag=True, help="Log debug messages.")
 def cli(verbose: bool) -> None:
@@ -44,7 +53,7 @@ def cli(verbose: bool) -> None:
 @cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
 @click.argument("input_dir", required=False)
 @click.option("--out", "out_dir", required=True, help="Directory or fsspec URL (s3://, gs://) to publish the index at.")
-@click.option("--features", "features_path", default=None, type=click.Path(path_type=Path), help="Precomputed video embeddings to index instead of INPUT_DIR: Parquet (video_id, embedding) or .npy.")
+@click.option("--features", "features_path", default=None, callback=_local_path, help="Precomputed video embeddings to index instead of INPUT_DIR: Parquet (video_id, embedding) or .npy.")
 @click.option("--ids", "ids_path", default=None, type=click.Path(path_type=Path), help="Video ids of a .npy --features file, one per line, line i naming row i [default: NAME.ids.txt beside NAME.npy].")
 @click.option("--encoder-name", default=None, help="Model that produced the --features embeddings, recorded in index.json; queries must come from the same model [default: unknown].")
 @click.option("--model", default=None, help="CLIP model: Hugging Face hub name or local directory [default: openai/clip-vit-base-patch32].")
@@ -55,7 +64,7 @@ def cli(verbose: bool) -> None:
 @click.option("--engine", type=click.Choice(["local", "beam", "ray"]), default="local", show_default=True, help="Where the decode and encode stage runs. With beam, options this command does not know go to Beam's PipelineOptions (--runner, --setup_file, --num_workers, ...).")
 @click.option("--ray-address", default=None, help="Ray cluster to join with --engine ray (e.g. auto); by default a local Ray instance is started.")
 @click.option("--files-per-unit", default=DEFAULT_FILES_PER_UNIT, show_default=True, type=click.IntRange(min=1), help="Files per unit of work: what an engine hands to one worker and what a resumed build redoes.")
-@click.option("--work-dir", default=None, type=click.Path(path_type=Path), help="Folder for unfinished work, which a rerun of the same command resumes from [default: .NAME.grdr-build beside --out]. Must be readable by every Beam or Ray worker.")
+@click.option("--work-dir", default=None, callback=_local_path, help="Folder for unfinished work, which a rerun of the same command resumes from [default: .NAME.grdr-build beside --out]. Must be readable by every Beam or Ray worker.")
 @click.option("--timeout", "timeout_s", default=120.0, show_default=True, type=click.FloatRange(min=0, min_open=True), help="Wall-clock limit per video decode, in seconds.")
 @click.option("--max-pixels", default=None, type=click.IntRange(min=0), help="Pixels per frame (coded width x height) above which a video gets status too_large; 0 for no limit [default: 7680x4320 = 33177600].")
 @click.option("--max-duration", "max_duration_s", default=None, type=click.FloatRange(min=0), help="Duration in seconds above which a video gets status too_large; 0 for no limit [default: 14400, four hours].")
@@ -99,11 +108,7 @@ def build(
     INPUT_DIR and --out may be fsspec URLs such as s3://bucket/videos. A build that
     is killed resumes when the same command is run again.
     """
-    extra_args = click.get_current_context().args
-    if extra_args and engine != "beam":
-        raise click.UsageError(f"Unknown options {' '.join(extra_args)} (only --engine beam passes options on to Beam).")
-    if engine != "ray" and ray_address is not None:
-        raise click.UsageError("--ray-address applies only to --engine ray.")
+    extra_args = _engine_args(engine, ray_address)
     if (input_dir is None) == (features_path is None):
         raise click.UsageError("Give exactly one of INPUT_DIR (a folder of videos) and --features FILE (precomputed embeddings).")
     if features_path is not None:
@@ -113,9 +118,6 @@ def build(
     for name, value in (("--ids", ids_path), ("--encoder-name", encoder_name)):
         if value is not None:
             raise click.UsageError(f"{name} applies only to --features builds.")
-
-    from tqdm import tqdm
-    from tqdm.contrib.logging import logging_redirect_tqdm
 
     from grdr_core.build import BuildConfig, build_index
     from grdr_core.decode import DecodeConfig
@@ -129,7 +131,7 @@ def build(
         decode=DecodeConfig(num_frames=num_frames, timeout_s=timeout_s, **_decode_limits(max_pixels, max_duration_s)),
         encoder=EncoderConfig(model=model or DEFAULT_MODEL, device=device, batch_size=batch_size),
         quantizer=QuantizerConfig(levels=levels, codes_per_level=codes_per_level, seed=seed),
-        workers=workers or (max(1, os.cpu_count() or 1) if engine == "local" else 1),
+        workers=_decode_workers(workers, engine),
         overwrite=overwrite,
         files_per_unit=files_per_unit,
         work_dir=work_dir,
@@ -137,13 +139,39 @@ def build(
     )
     if engine != "local":
         summary = build_index(config, map_runner=_map_runner(engine, extra_args, ray_address))
-        click.echo(f"Indexed {summary.out_dir}: {summary.describe()}")
-        click.echo(summary.status_table())
-        return
+    else:
+        summary = _with_progress_bar(
+            "indexing", lambda progress, on_pending: build_index(config, progress=progress, on_discovered=on_pending)
+        )
+    click.echo(f"Indexed {summary.out_dir}: {summary.describe()}")
+    click.echo(summary.status_table())
+
+
+def _engine_args(engine: str, ray_address: str | None) -> list[str]:
+    """Return the options that go to Beam; reject them, and --ray-address, for other engines."""
+    extra_args = click.get_current_context().args
+    if extra_args and engine != "beam":
+        raise click.UsageError(f"Unknown options {' '.join(extra_args)} (only --engine beam passes options on to Beam).")
+    if engine != "ray" and ray_address is not None:
+        raise click.UsageError("--ray-address applies only to --engine ray.")
+    return extra_args
+
+
+def _decode_workers(workers: int | None, engine: str) -> int:
+    """Return --workers, by default one decoder per CPU locally and one per Beam or Ray worker."""
+    return workers or (max(1, os.cpu_count() or 1) if engine == "local" else 1)
+
+
+def _with_progress_bar(description: str, run: Callable[..., Any], disable: bool = False) -> Any:
+    """Call ``run(progress, on_pending)`` under a progress bar of decoded videos; return its result."""
+    from tqdm import tqdm
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
     with logging_redirect_tqdm(), tqdm(
         unit="video",
-        desc="indexing",
+        desc=description,
         dynamic_ncols=True,
+        disable=disable,
         # rate_noinv keeps "videos/s" even below one video per second.
         bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_noinv_fmt}]",
     ) as bar:
@@ -152,9 +180,7 @@ def build(
             bar.total = count
             bar.refresh()
 
-        summary = build_index(config, progress=lambda file, status: bar.update(1), on_discovered=set_total)
-    click.echo(f"Indexed {summary.out_dir}: {summary.describe()}")
-    click.echo(summary.status_table())
+        return run(lambda file, status: bar.update(1), set_total)
 
 
 def _local_only(ctx: click.Context, param: click.Parameter, value: str) -> Path:
@@ -291,6 +317,8 @@ def versions(index_dir: Path, as_json: bool) -> None:
             details = f"created {summary['created_at']}, {summary['indexed']} videos, {summary['tokenizer']} IDs"
             details += f", retriever trained {summary['trained_at']}" if summary["retriever"] else ""
         click.echo(f"{'*' if info.current else ' '} {info.name}  {details}")
+    if infos and not any(info.current for info in infos):
+        click.echo(f"No version is current (CURRENT is missing); run `grdr-index rollback {index_dir} --to NAME` to choose one.")
 
 
 def _version_summary(header: dict | None) -> dict:
@@ -334,7 +362,7 @@ def rollback(index_dir: Path, to: str | None) -> None:
 @click.option("--engine", type=click.Choice(["local", "beam", "ray"]), default="local", show_default=True, help="Where new and changed files are decoded and encoded. With beam, options this command does not know go to Beam's PipelineOptions.")
 @click.option("--ray-address", default=None, help="Ray cluster to join with --engine ray (e.g. auto); by default a local Ray instance is started.")
 @click.option("--files-per-unit", default=DEFAULT_FILES_PER_UNIT, show_default=True, type=click.IntRange(min=1), help="Files per unit of work: what an engine hands to one worker and what a resumed update redoes.")
-@click.option("--work-dir", default=None, type=click.Path(path_type=Path), help="Folder for unfinished work, which a rerun of the same command resumes from [default: .NAME.grdr-update beside INDEX_DIR].")
+@click.option("--work-dir", default=None, callback=_local_path, help="Folder for unfinished work, which a rerun of the same command resumes from [default: .NAME.grdr-update beside INDEX_DIR].")
 @click.option("--frames", "num_frames", default=None, type=click.IntRange(min=1), help="Frames sampled per new or changed video [default: as recorded in the index].")
 @click.option("--timeout", "timeout_s", default=None, type=click.FloatRange(min=0, min_open=True), help="Wall-clock limit per video decode, in seconds [default: as recorded in the index].")
 @click.option("--max-pixels", default=None, type=click.IntRange(min=0), help="Pixels per frame above which a video gets status too_large; 0 for no limit [default: as recorded in the index].")
@@ -375,11 +403,7 @@ def update(
     is run again. INDEX_DIR may be a URL (s3://...): the update runs in a local copy
     in the cache and uploads the new version.
     """
-    extra_args = click.get_current_context().args
-    if extra_args and engine != "beam":
-        raise click.UsageError(f"Unknown options {' '.join(extra_args)} (only --engine beam passes options on to Beam).")
-    if engine != "ray" and ray_address is not None:
-        raise click.UsageError("--ray-address applies only to --engine ray.")
+    extra_args = _engine_args(engine, ray_address)
 
     from grdr_core.update import UpdateConfig, update_index
 
@@ -396,7 +420,7 @@ def update(
         device=device,
         batch_size=batch_size,
         decode_overrides=overrides,
-        workers=workers or (max(1, os.cpu_count() or 1) if engine == "local" else 1),
+        workers=_decode_workers(workers, engine),
         files_per_unit=files_per_unit,
         work_dir=work_dir,
         keep_versions=keep_versions,
@@ -408,16 +432,9 @@ def update(
     if engine != "local":
         summary = update_index(config, map_runner=_map_runner(engine, extra_args, ray_address))
     else:
-        from tqdm import tqdm
-        from tqdm.contrib.logging import logging_redirect_tqdm
-
-        with logging_redirect_tqdm(), tqdm(unit="video", desc="updating", dynamic_ncols=True, disable=as_json) as bar:
-
-            def set_total(count: int) -> None:
-                bar.total = count
-                bar.refresh()
-
-            summary = update_index(config, progress=lambda file, status: bar.update(1), on_pending=set_total)
+        summary = _with_progress_bar(
+            "updating", lambda progress, on_pending: update_index(config, progress=progress, on_pending=on_pending), disable=as_json
+        )
     if as_json:
         payload = {"index": str(summary.index_dir), "base_version": summary.base_version, "version": summary.version,
                    "up_to_date": summary.up_to_date, **summary.counts(), "trained_version": summary.trained_version}

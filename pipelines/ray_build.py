@@ -71,7 +71,13 @@ def ray_map_runner(address: str | None = None, actors: int | None = None):
             if address is None:
                 ray.init(include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
             else:
-                ray.init(address=address, log_to_driver=False)
+                try:
+                    ray.init(address=address, log_to_driver=False)
+                except ConnectionError as exc:
+                    raise BuildIncompleteError(
+                        f"Failed to connect to a Ray cluster at --ray-address {address}: {exc}; start one or fix "
+                        "--ray-address, then run the same command again to resume"
+                    ) from exc
         try:
             _map_units(ray, settings, units, actors)
         finally:
@@ -85,6 +91,8 @@ def check_reachable(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
     """Raise ``BuildIncompleteError`` when ``address`` (host:port or ray://host:port) does not accept connections.
 
     ``auto`` and ``local`` are left to Ray, which fails at once when it finds no cluster.
+    NOTE: only a TCP connection is tried, so a port where some other server listens
+    passes, and ray.init then retries without a time limit.
     """
     if address in ("auto", "local"):
         return

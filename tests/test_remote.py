@@ -12,6 +12,7 @@ import os
 import shutil
 import socket
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import fsspec
@@ -677,4 +678,67 @@ def test_update_index_at_s3(s3_bucket, network_guard, tiny_clip_dir, tmp_path, m
     again = CliRunner().invoke(cli, ["update", f"{s3_bucket}/index", "--model", str(tiny_clip_dir), "--workers", "1", "--json"])
     assert again.exit_code == 0, again.output
     assert json.loads(again.stdout)["up_to_date"] is True
+    assert not network_guard.blocked
+
+
+class _Interrupted(Exception):
+    pass
+
+
+def test_update_at_s3_resumes_upload(s3_bucket, network_guard, tiny_clip_dir, tmp_path, monkeypatch):
+    from grdr_core.build import BuildConfig, build_index
+    from grdr_core.features import EncoderConfig
+    from grdr_core.quantize import QuantizerConfig
+    from grdr_core.update import UpdateConfig, update_index
+
+    monkeypatch.setenv("GRDR_CACHE_DIR", str(tmp_path / "cache"))
+    videos = tmp_path / "videos"
+    for i in range(2):
+        write_test_video(videos / f"clip{i}.mp4", frames=6 + i, width=48, height=40)
+    upload_tree(videos, f"{s3_bucket}/lake")
+    build_index(
+        BuildConfig(
+            input_root=f"{s3_bucket}/lake",
+            out_dir=f"{s3_bucket}/index",
+            decode=DecodeConfig(num_frames=3, timeout_s=60),
+            encoder=EncoderConfig(model=str(tiny_clip_dir), batch_size=8),
+            quantizer=QuantizerConfig(levels=2, codes_per_level=2, seed=0),
+            workers=1,
+        )
+    )
+    fs = fsspec.filesystem("s3")
+    write_test_video(tmp_path / "new.mp4", frames=9, width=64, height=48)
+    fs.put(str(tmp_path / "new.mp4"), f"{s3_bucket}/lake/new.mp4")
+    # A folder without index.json, as an upload killed on another machine leaves it.
+    fs.pipe_file(f"{s3_bucket}/index/versions/v000002/shards/part", b"partial")
+    config = UpdateConfig(index_dir=f"{s3_bucket}/index", model=str(tiny_clip_dir), batch_size=8, workers=1)
+
+    # The update publishes into its local copy and is stopped before the upload.
+    def stop_after_publish(name: str) -> None:
+        if name == "after-publish":
+            raise _Interrupted()
+
+    with monkeypatch.context() as patch:
+        patch.setattr("grdr_core.update.checkpoint", stop_after_publish)
+        with pytest.raises(_Interrupted):
+            update_index(config)
+    fs.invalidate_cache()
+    assert fs.cat(f"{s3_bucket}/index/CURRENT") == b"v000001\n"
+
+    decoded: list[str] = []
+    summary = update_index(config, progress=lambda file, status: decoded.append(file.video_id))
+
+    assert decoded == []  # the rerun resumed the stopped update's work
+    assert summary.version == "v000003"  # above the partial folder
+    assert summary.added == 1
+    fs.invalidate_cache()
+    assert fs.cat(f"{s3_bucket}/index/CURRENT") == b"v000003\n"
+    names = [name.rsplit("/", 1)[-1] for name in fs.ls(f"{s3_bucket}/index/versions")]
+    assert names == ["v000001", "v000002", "v000003"]
+    assert fs.exists(f"{s3_bucket}/index/versions/v000003/index.json")
+    # The partial folder is neither counted as a version nor deleted by pruning to one version.
+    summary = update_index(replace(config, keep_versions=1))
+    assert summary.up_to_date
+    fs.invalidate_cache()
+    assert [name.rsplit("/", 1)[-1] for name in fs.ls(f"{s3_bucket}/index/versions")] == ["v000002", "v000003"]
     assert not network_guard.blocked

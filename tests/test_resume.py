@@ -14,15 +14,14 @@ from pathlib import Path
 
 import pytest
 
-from grdr_core.build import BuildConfig, build_index
-from grdr_core.decode import DecodeConfig
+from grdr_core.build import build_index
 from grdr_core.errors import BuildIncompleteError, InvalidInputError
 from grdr_core.features import ClipEncoder, EncoderConfig
-from grdr_core.quantize import QuantizerConfig
 from grdr_core.stages import run_local
 from grdr_core.testing.videos import write_test_video
 from grdr_schemas.build import WorkLayout, work_dir_for
 from index_contents import assert_same_index
+from small_builds import small_build_config
 
 FILES_PER_UNIT = 2
 
@@ -43,23 +42,10 @@ def encoder(tiny_clip_dir):
     return ClipEncoder(EncoderConfig(model=str(tiny_clip_dir), batch_size=8))
 
 
-def _config(corpus: Path, out: Path, tiny_clip_dir: Path, frames: int = 3) -> BuildConfig:
-    return BuildConfig(
-        input_root=corpus,
-        out_dir=out,
-        decode=DecodeConfig(num_frames=frames, timeout_s=60),
-        encoder=EncoderConfig(model=str(tiny_clip_dir), batch_size=8),
-        quantizer=QuantizerConfig(levels=2, codes_per_level=3, seed=0),
-        workers=1,
-        records_per_shard=3,
-        files_per_unit=FILES_PER_UNIT,
-    )
-
-
 @pytest.fixture(scope="module")
 def reference(corpus, tiny_clip_dir, encoder, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("reference") / "index"
-    build_index(_config(corpus, out, tiny_clip_dir), encoder=encoder)
+    build_index(small_build_config(corpus, out, tiny_clip_dir, files_per_unit=FILES_PER_UNIT), encoder=encoder)
     return out
 
 
@@ -124,7 +110,7 @@ def test_resume_after_kill_at_each_point(corpus, reference, tiny_clip_dir, encod
         assert work.plan.is_file()
         assert out.exists() == (kill_at == "after-publish")
 
-    summary = build_index(_config(corpus, out, tiny_clip_dir), encoder=encoder)
+    summary = build_index(small_build_config(corpus, out, tiny_clip_dir, files_per_unit=FILES_PER_UNIT), encoder=encoder)
 
     assert summary.units == 6
     assert summary.units_resumed == 6
@@ -145,7 +131,7 @@ def _interrupted_build(corpus: Path, out: Path, tiny_clip_dir: Path, encoder: Cl
         raise _Interrupted()
 
     with pytest.raises(_Interrupted):
-        build_index(_config(corpus, out, tiny_clip_dir), encoder=encoder, map_runner=runner)
+        build_index(small_build_config(corpus, out, tiny_clip_dir, files_per_unit=FILES_PER_UNIT), encoder=encoder, map_runner=runner)
     work = WorkLayout(work_dir_for(out.resolve()))
     assert _finished_units(work) == units
     return work
@@ -161,7 +147,7 @@ def test_resume_after_kill_at_random_moment(corpus, reference, tiny_clip_dir, en
     process.send_signal(signal.SIGKILL)
     process.communicate(timeout=60)
 
-    summary = build_index(_config(corpus, out, tiny_clip_dir), encoder=encoder)
+    summary = build_index(small_build_config(corpus, out, tiny_clip_dir, files_per_unit=FILES_PER_UNIT), encoder=encoder)
 
     assert summary.units_resumed >= 3
     assert_same_index(out, reference)
@@ -173,7 +159,7 @@ def test_changed_settings_start_afresh(corpus, tiny_clip_dir, encoder, tmp_path,
     assert json.loads(work.plan.read_text())["settings"]["decode"]["num_frames"] == 3
 
     with caplog.at_level("WARNING", logger="grdr_core.build"):
-        summary = build_index(_config(corpus, out, tiny_clip_dir, frames=2), encoder=encoder)
+        summary = build_index(small_build_config(corpus, out, tiny_clip_dir, frames=2, files_per_unit=FILES_PER_UNIT), encoder=encoder)
 
     assert summary.units_resumed == 0
     assert any("other settings" in record.getMessage() for record in caplog.records)
@@ -187,7 +173,7 @@ def test_unit_without_marker_is_redone(corpus, reference, tiny_clip_dir, encoder
     work.unit_marker(2).unlink()
     work.unit_embeddings(2).write_bytes(b"partial")
 
-    summary = build_index(_config(corpus, out, tiny_clip_dir), encoder=encoder)
+    summary = build_index(small_build_config(corpus, out, tiny_clip_dir, files_per_unit=FILES_PER_UNIT), encoder=encoder)
 
     assert summary.units_resumed == 3
     assert_same_index(out, reference)
@@ -200,7 +186,7 @@ def test_unfinished_map_stage_keeps_work(corpus, tiny_clip_dir, encoder, tmp_pat
         run_local(settings, pending[:1], encoder=encoder)
 
     with pytest.raises(BuildIncompleteError, match="5 of 6 units unfinished.*run the same command again"):
-        build_index(_config(corpus, out, tiny_clip_dir), encoder=encoder, map_runner=runner)
+        build_index(small_build_config(corpus, out, tiny_clip_dir, files_per_unit=FILES_PER_UNIT), encoder=encoder, map_runner=runner)
     assert not out.exists()
     assert _finished_units(WorkLayout(work_dir_for(out.resolve()))) == 1
 
@@ -209,7 +195,7 @@ def test_foreign_work_dir_is_never_deleted(corpus, tiny_clip_dir, encoder, tmp_p
     work_dir = tmp_path / "shared-folder"
     work_dir.mkdir()
     (work_dir / "important.txt").write_text("keep")
-    config = replace(_config(corpus, tmp_path / "index", tiny_clip_dir), work_dir=work_dir)
+    config = replace(small_build_config(corpus, tmp_path / "index", tiny_clip_dir, files_per_unit=FILES_PER_UNIT), work_dir=work_dir)
 
     with pytest.raises(InvalidInputError, match="no grdr plan.json"):
         build_index(config, encoder=encoder)

@@ -16,18 +16,18 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from grdr_core.build import BuildConfig, build_index
-from grdr_core.decode import DecodeConfig
+from grdr_core.build import build_index
 from grdr_core.errors import InvalidInputError
 from grdr_core.features import ClipEncoder, EncoderConfig
 from grdr_core.index import open_index
-from grdr_core.quantize import QuantizerConfig, ResidualKMeansTokenizer
+from grdr_core.quantize import ResidualKMeansTokenizer
 from grdr_core.stages import run_local
 from grdr_core.testing.videos import write_test_video
 from grdr_core.update import UpdateConfig, update_index
 from grdr_core.versions import list_versions, read_current, rollback
 from grdr_schemas.update import update_work_dir_for
 from index_contents import assert_same_index, index_contents
+from small_builds import small_build_config
 
 FILES_PER_UNIT = 2
 ADDED = {"new/a.mp4", "new/b.mp4"}
@@ -62,20 +62,6 @@ def corpus_v2(corpus_v1, tmp_path_factory) -> Path:
     return root
 
 
-def _build_config(corpus: Path, out: Path, tiny_clip_dir: Path, overwrite: bool = False) -> BuildConfig:
-    return BuildConfig(
-        input_root=corpus,
-        out_dir=out,
-        decode=DecodeConfig(num_frames=3, timeout_s=60),
-        encoder=EncoderConfig(model=str(tiny_clip_dir), batch_size=8),
-        quantizer=QuantizerConfig(levels=2, codes_per_level=3, seed=0),
-        workers=1,
-        records_per_shard=3,
-        files_per_unit=FILES_PER_UNIT,
-        overwrite=overwrite,
-    )
-
-
 def _update_config(index: Path, corpus: Path, tiny_clip_dir: Path, **overrides) -> UpdateConfig:
     settings = dict(index_dir=index, input_root=corpus, model=str(tiny_clip_dir), batch_size=8, workers=1, files_per_unit=FILES_PER_UNIT)
     return UpdateConfig(**{**settings, **overrides})
@@ -84,14 +70,14 @@ def _update_config(index: Path, corpus: Path, tiny_clip_dir: Path, **overrides) 
 @pytest.fixture(scope="module")
 def base_index(corpus_v1, tiny_clip_dir, encoder, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("base") / "index"
-    build_index(_build_config(corpus_v1, out, tiny_clip_dir), encoder=encoder)
+    build_index(small_build_config(corpus_v1, out, tiny_clip_dir, files_per_unit=FILES_PER_UNIT), encoder=encoder)
     return out
 
 
 @pytest.fixture(scope="module")
 def fresh_v2(corpus_v2, tiny_clip_dir, encoder, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("fresh") / "index"
-    build_index(_build_config(corpus_v2, out, tiny_clip_dir), encoder=encoder)
+    build_index(small_build_config(corpus_v2, out, tiny_clip_dir, files_per_unit=FILES_PER_UNIT), encoder=encoder)
     return out
 
 
@@ -130,6 +116,8 @@ def test_update_counts(updated):
 def test_update_counts_in_header(updated):
     index, summary, _ = updated
     header = open_index(index).header
+    plan_id = header["update"].pop("plan_id")
+    assert isinstance(plan_id, str) and len(plan_id) == 32
     assert header["update"] == {
         "base_version": "v000001", "added": 2, "changed": 1, "removed": 1, "unchanged": 4, "failed": 0, "retrained": False,
     }
@@ -220,6 +208,33 @@ def test_retrain_without_changes_refits_baseline(base_index, corpus_v1, tiny_cli
     # The same embeddings and k-means seed give the same codebook and IDs.
     assert after["semantic_ids"] == before["semantic_ids"]
     assert json.loads((index / "versions" / "v000002" / "index.json").read_text())["update"]["retrained"] is True
+
+
+def test_stale_plan_is_discarded(base_index, corpus_v2, tiny_clip_dir, encoder, tmp_path, monkeypatch):
+    index = _copy_index(base_index, tmp_path)
+    work = update_work_dir_for(index)
+
+    # This update is stopped before publishing its version v000002.
+    def stop_before_publish(name: str) -> None:
+        if name == "before-publish":
+            raise _Interrupted()
+
+    with monkeypatch.context() as patch:
+        patch.setattr("grdr_core.update.checkpoint", stop_before_publish)
+        with pytest.raises(_Interrupted):
+            update_index(_update_config(index, corpus_v2, tiny_clip_dir), encoder=encoder)
+    assert json.loads((work / "plan.json").read_text())["version"] == "v000002"
+
+    # Another update, with its own work folder, publishes a version of the same name.
+    other = update_index(_update_config(index, corpus_v2, tiny_clip_dir, work_dir=tmp_path / "other-work"), encoder=encoder)
+    assert other.version == "v000002"
+
+    summary = update_index(_update_config(index, corpus_v2, tiny_clip_dir), encoder=encoder)
+
+    assert summary.up_to_date
+    assert summary.base_version == "v000002"
+    assert not work.exists()
+    assert list_versions(index) == ["v000001", "v000002"]
 
 
 def test_update_rejects_other_encoder(base_index, corpus_v2, tmp_path):

@@ -16,7 +16,7 @@ from click.testing import CliRunner
 
 from grdr_core.embedding_index import build_index_from_embeddings
 from grdr_core.errors import IndexExistsError, IndexFormatError, InvalidInputError
-from grdr_core.index import open_index, publish, staging_dir_for
+from grdr_core.index import check_output_path, open_index, publish, staging_dir_for
 from grdr_core.quantize import QuantizerConfig
 from grdr_core.search import exact_dense_search
 from grdr_core.searcher import Searcher
@@ -340,6 +340,11 @@ def test_deleted_current_is_repaired_by_rollback(versions_src, tmp_path):
         open_index(root)
     with pytest.raises(IndexFormatError, match="no CURRENT file; pass --to"):
         rollback(root)
+    with pytest.raises(IndexExistsError, match=r"has index versions but no CURRENT file; repair it with `grdr-index rollback"):
+        check_output_path(root, overwrite=True)
+    listing = CliRunner().invoke(cli, ["versions", str(root)])
+    assert listing.exit_code == 0, listing.output
+    assert "No version is current (CURRENT is missing)" in listing.output
     assert rollback(root, to="v000002") == "v000002"
     assert read_current(root) == "v000002"
     assert len(open_index(root).shards) == 9
