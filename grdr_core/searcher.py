@@ -18,7 +18,7 @@ import numpy as np
 
 from grdr_core.errors import IndexFormatError, InvalidInputError
 from grdr_core.index import Index, open_index_version
-from grdr_core.query_checks import check_query_limits, check_query_text
+from grdr_core.query_checks import DEFAULT_BEAM, DEFAULT_MAX_CANDIDATES, check_query_limits, check_query_text
 from grdr_core.recall import recall_pools
 from grdr_core.retriever_runtime import RetrieverRuntime
 from grdr_core.search import SearchHit, hits_for
@@ -29,8 +29,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_BEAM = 20
-DEFAULT_MAX_CANDIDATES = 300
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from typing import Any
 import click
 
 from grdr_core.errors import GrdrError
-from grdr_core.query_checks import MAX_BEAM, MAX_CANDIDATES, MAX_K
+from grdr_core.query_checks import DEFAULT_BEAM, DEFAULT_MAX_CANDIDATES, MAX_BEAM, MAX_CANDIDATES, MAX_K
 from grdr_core.versions import DEFAULT_KEEP
 from grdr_schemas.build import DEFAULT_FILES_PER_UNIT
 
@@ -528,8 +528,8 @@ def train(
 @click.argument("index_dir", callback=_local_index)
 @click.argument("text")
 @click.option("-k", "k", default=10, show_default=True, type=click.IntRange(1, MAX_K), help="Number of results; fewer when fewer videos are candidates.")
-@click.option("--beam", default=20, show_default=True, type=click.IntRange(1, MAX_BEAM), help="Beam width of the constrained decoding.")
-@click.option("--max-candidates", default=300, show_default=True, type=click.IntRange(1, MAX_CANDIDATES), help="Cap on the candidate pool that is reranked.")
+@click.option("--beam", default=DEFAULT_BEAM, show_default=True, type=click.IntRange(1, MAX_BEAM), help="Beam width of the constrained decoding.")
+@click.option("--max-candidates", default=DEFAULT_MAX_CANDIDATES, show_default=True, type=click.IntRange(1, MAX_CANDIDATES), help="Cap on the candidate pool that is reranked.")
 @click.option("--model", default=None, help="Text encoder to load instead of the one recorded in the index (same weights).")
 @click.option("--device", default="cpu", show_default=True, help="Torch device for the text encoder.")
 @click.option("--json", "as_json", is_flag=True, help="Print results as JSON.")
@@ -560,8 +560,8 @@ def query(index_dir: Path, text: str, k: int, beam: int, max_candidates: int, mo
 @click.option("--queries", "queries_path", required=True, type=click.Path(path_type=Path), help="Queries file (CSV, JSONL or Parquet): video_id, and text or embedding, optional query_id.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as one JSON object.")
 @click.option("--report", "report_dir", default=None, type=click.Path(path_type=Path), help="Directory to write a Markdown report with PNG plots into (adds a beam sweep and a corpus-size sweep).")
-@click.option("--beam", default=20, show_default=True, type=click.IntRange(1, MAX_BEAM), help="grdr beam width.")
-@click.option("--max-candidates", default=300, show_default=True, type=click.IntRange(min=1, max=10_000), help="Cap on grdr's candidate pool; every method returns max(50, this) results for ranking.")
+@click.option("--beam", default=DEFAULT_BEAM, show_default=True, type=click.IntRange(1, MAX_BEAM), help="grdr beam width.")
+@click.option("--max-candidates", default=DEFAULT_MAX_CANDIDATES, show_default=True, type=click.IntRange(min=1, max=10_000), help="Cap on grdr's candidate pool; every method returns max(50, this) results for ranking.")
 @click.option("--hnsw-m", default=32, show_default=True, type=click.IntRange(min=2), help="Links per node of the FAISS HNSW graph.")
 @click.option("--hnsw-ef-search", default=64, show_default=True, type=click.IntRange(min=1), help="HNSW efSearch; raised to max(50, --max-candidates) where smaller, the number of results ranked per query.")
 @click.option("--ivf-nprobe", default=8, show_default=True, type=click.IntRange(min=1), help="Inverted lists probed per query by FAISS IVF-PQ.")
