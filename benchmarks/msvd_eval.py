@@ -551,6 +551,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--codes", type=int, default=128, help="Codebook size per level; training shrinks it to sqrt(videos) when that is smaller.")
     parser.add_argument("--epochs", type=int, default=10, help="Training epochs per level.")
     parser.add_argument("--polish-epochs", type=int, default=5, help="Retriever-only epochs on the final IDs.")
+    parser.add_argument("--hidden", type=int, default=128, help="Retriever state size.")
+    parser.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate of training.")
 
     parser.add_argument("--beam", type=int, default=20, help="Beam width of grdr's evaluation.")
     parser.add_argument("--max-candidates", type=int, default=300, help="Cap on grdr's candidate pool.")

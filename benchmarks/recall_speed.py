@@ -219,12 +219,15 @@ def train_config_from_args(args: argparse.Namespace) -> Any:
     """Return the ``TrainConfig`` of the training options that the benchmark scripts share."""
     from grdr_core.training import TrainConfig
 
+    # Scripts without --hidden or --lr train with the defaults.
     return TrainConfig(
         views=args.views,
         levels=args.levels,
         codes_per_level=args.codes,
         epochs_per_level=args.epochs,
         polish_epochs=args.polish_epochs,
+        hidden=getattr(args, "hidden", TrainConfig.hidden),
+        lr=getattr(args, "lr", TrainConfig.lr),
         seed=args.seed,
     )
 

@@ -63,6 +63,7 @@ def run_size(size: int, args: argparse.Namespace) -> dict[str, Any]:
     from grdr_core.index import open_index
     from grdr_core.quantize import QuantizerConfig
     from grdr_core.testing.synthetic import SyntheticConfig
+    from grdr_core.versions import resolve_version
     from grdr_schemas.index import IndexLayout
 
     defaults = SyntheticConfig()
@@ -127,7 +128,7 @@ def run_size(size: int, args: argparse.Namespace) -> dict[str, Any]:
 
     # component_bytes splits model/ into the retriever that queries read and the
     # tokenizer and torch weights that only training and ID assignment read.
-    components = component_bytes(IndexLayout(index_dir))
+    components = component_bytes(IndexLayout(resolve_version(index_dir)))
     recall_parts = {name: components[name] for name in ("trie", "retriever")}
     recall_bytes = sum(recall_parts.values()) / size
     dense_float32 = 4 * args.dim
