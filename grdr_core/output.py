@@ -1,4 +1,4 @@
-"""Where a build publishes: a local index root, or an fsspec URL (s3://, gs://).
+"""The output of a build or update: a local index root, or an fsspec URL (s3://, gs://).
 
 LMDB needs a local file, so a build for a URL publishes into a local index root in the
 cache (``$GRDR_CACHE_DIR/builds/<hash of the URL>/index``) and then uploads only the new
@@ -43,7 +43,7 @@ class IndexOutput:
 
     @property
     def name(self) -> Path | str:
-        """What messages and summaries call the output: the URL, or the local root."""
+        """The output's name in messages and summaries: the URL, or the local root."""
         return self.url or self.root
 
     def check(self, overwrite: bool, input_root: str | Path | None = None) -> None:
@@ -70,6 +70,8 @@ class IndexOutput:
         """Make the URL's current version the current version of the local root; return its name.
 
         Downloads it unless the local root contains the same version (equal ``index.json``).
+        A complete version newer than the URL's CURRENT is a publish killed before it wrote
+        CURRENT, so its CURRENT is written first.
         """
         if self.url is None:
             raise InvalidInputError(f"{self.root} is a local index; only a URL is pulled")
@@ -79,11 +81,14 @@ class IndexOutput:
                 f"{self.url} has no CURRENT file; only a versioned index (written by grdr-index build) can be updated at a URL"
             )
         newest = max(self._remote_numbers(complete=True), default=0)
-        if version_number(name) is None or version_number(name) < newest:
-            raise InvalidInputError(
-                f"{self.url}/CURRENT names {name}, but {version_name(newest)} is newer; "
-                "an update at a URL starts from the newest version"
+        if version_number(name) is not None and version_number(name) < newest:
+            logger.warning(
+                "%s/CURRENT names %s, but the complete version %s is newer: finishing its publish",
+                self.url, name, version_name(newest),
             )
+            name = version_name(newest)
+            fs, path = remote.filesystem(self.url)
+            fs.pipe_file(f"{path}/{remote.CURRENT_NAME}", (name + "\n").encode())
         header = remote.read_header_url(self._header_url(name), self.url)
         local = IndexRoot(self.root).version_dir(name)
         if _read_bytes(IndexLayout(local).header) != header:
@@ -117,6 +122,10 @@ class IndexOutput:
         except IndexFormatError:
             uploaded = None
         if uploaded is None:
+            target = f"{path}/{remote.VERSIONS_DIR}/{version}"
+            if fs.exists(target):
+                # Files of an upload killed earlier, which may list other shards: start clean.
+                fs.rm(target, recursive=True)
             remote.upload_tree(local, f"{self.url}/{remote.VERSIONS_DIR}/{version}")
         elif uploaded != header:
             raise IndexExistsError(

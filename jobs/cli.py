@@ -39,7 +39,8 @@ def _configure_logging(verbose: bool) -> None:
 def _local_path(ctx: click.Context, param: click.Parameter, value: str | None) -> Path | None:
     """Return an option's value as a local path; a URL is rejected before pathlib could fold it into one."""
     if value is not None and "://" in value:
-        raise click.BadParameter(f"{value} is a URL; this option takes a local path (a mounted shared folder works on a cluster)")
+        hint = "download the file first" if param.name == "features_path" else "on a cluster, use a shared folder mounted on every node"
+        raise click.BadParameter(f"{value} is a URL; this option takes a local path ({hint})")
     return Path(value) if value is not None else None
 
 

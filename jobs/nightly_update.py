@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from pathlib import Path
 
 from grdr_core.errors import GrdrError
 from grdr_core.versions import DEFAULT_KEEP
@@ -29,7 +28,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", default=None, help="CLIP model with the index's encoder weights [default: the recorded encoder]")
     parser.add_argument("--device", default="cpu", help="torch device for the image encoder [default: cpu]")
     parser.add_argument("--workers", type=int, default=None, help="decoder worker processes [default: number of CPUs]")
-    parser.add_argument("--work-dir", type=Path, default=None, help="folder for unfinished work [default: .NAME.grdr-update beside the index]")
+    parser.add_argument("--work-dir", default=None, help="folder for unfinished work [default: .NAME.grdr-update beside the index]")
     parser.add_argument("--keep-versions", type=int, default=DEFAULT_KEEP, help=f"versions to keep after publishing [default: {DEFAULT_KEEP}]")
     parser.add_argument("-v", "--verbose", action="store_true", help="log every step, not only warnings and the summary")
     return parser

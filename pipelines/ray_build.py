@@ -75,8 +75,8 @@ def ray_map_runner(address: str | None = None, actors: int | None = None):
                     ray.init(address=address, log_to_driver=False)
                 except ConnectionError as exc:
                     raise BuildIncompleteError(
-                        f"Failed to connect to a Ray cluster at --ray-address {address}: {exc}; start one or fix "
-                        "--ray-address, then run the same command again to resume"
+                        f"Failed to connect to a Ray cluster at --ray-address {address} ({str(exc).rstrip('.')}); "
+                        "start one or fix --ray-address, then run the same command again to resume"
                     ) from exc
         try:
             _map_units(ray, settings, units, actors)

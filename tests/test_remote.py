@@ -724,6 +724,8 @@ def test_update_at_s3_resumes_upload(s3_bucket, network_guard, tiny_clip_dir, tm
             update_index(config)
     fs.invalidate_cache()
     assert fs.cat(f"{s3_bucket}/index/CURRENT") == b"v000001\n"
+    # A file left in the version's folder by an upload killed earlier must not stay in it.
+    fs.pipe_file(f"{s3_bucket}/index/versions/v000003/manifest/stale.parquet", b"stale")
 
     decoded: list[str] = []
     summary = update_index(config, progress=lambda file, status: decoded.append(file.video_id))
@@ -736,6 +738,14 @@ def test_update_at_s3_resumes_upload(s3_bucket, network_guard, tiny_clip_dir, tm
     names = [name.rsplit("/", 1)[-1] for name in fs.ls(f"{s3_bucket}/index/versions")]
     assert names == ["v000001", "v000002", "v000003"]
     assert fs.exists(f"{s3_bucket}/index/versions/v000003/index.json")
+    assert not fs.exists(f"{s3_bucket}/index/versions/v000003/manifest/stale.parquet")
+    # A publish killed after index.json but before CURRENT: the next update finishes it.
+    fs.pipe_file(f"{s3_bucket}/index/CURRENT", b"v000001\n")
+    summary = update_index(config)
+    assert summary.up_to_date
+    assert summary.base_version == "v000003"
+    fs.invalidate_cache()
+    assert fs.cat(f"{s3_bucket}/index/CURRENT") == b"v000003\n"
     # The partial folder is neither counted as a version nor deleted by pruning to one version.
     summary = update_index(replace(config, keep_versions=1))
     assert summary.up_to_date

@@ -255,7 +255,7 @@ def test_update_defaults_to_recorded_input(base_index, corpus_v1, tiny_clip_dir,
     assert summary.unchanged == 6
 
 
-def test_nightly_job_and_cli_json(base_index, corpus_v2, tmp_path, caplog):
+def test_nightly_job_and_cli_json(base_index, corpus_v2, tmp_path, caplog, monkeypatch):
     from click.testing import CliRunner
 
     from grdr_jobs.cli import cli
@@ -278,6 +278,9 @@ def test_nightly_job_and_cli_json(base_index, corpus_v2, tmp_path, caplog):
     assert (payload["added"], payload["changed"], payload["removed"], payload["unchanged"]) == (0, 0, 0, 7)
 
     assert main([str(tmp_path / "missing")]) == 1
+    monkeypatch.chdir(tmp_path)
+    assert main([str(index), "--work-dir", "s3://bucket/work"]) == 1
+    assert not (tmp_path / "s3:").exists()
 
 
 UPDATE_SCRIPT = textwrap.dedent(
