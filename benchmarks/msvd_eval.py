@@ -549,8 +549,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--views", type=int, default=4, help="Semantic IDs per video.")
     parser.add_argument("--levels", type=int, default=3, help="Codes per semantic ID.")
     parser.add_argument("--codes", type=int, default=128, help="Codebook size per level; training shrinks it to sqrt(videos) when that is smaller.")
-    parser.add_argument("--epochs", type=int, default=10, help="Training epochs per level.")
-    parser.add_argument("--polish-epochs", type=int, default=5, help="Retriever-only epochs on the final IDs.")
+    parser.add_argument("--epochs", type=int, default=5, help="Training epochs per level (the default of grdr-index train).")
+    parser.add_argument("--polish-epochs", type=int, default=0, help="Retriever-only epochs on the final IDs (the default of grdr-index train).")
     parser.add_argument("--hidden", type=int, default=128, help="Retriever state size.")
     parser.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate of training.")
 

@@ -477,7 +477,8 @@ def search(index_dir: Path, text: str, k: int, model: str | None, device: str, a
 @click.option("--views", default=4, show_default=True, type=click.IntRange(min=1), help="Semantic IDs (views) per video.")
 @click.option("--levels", default=3, show_default=True, type=click.IntRange(min=1), help="Codes per semantic ID.")
 @click.option("--codes", "codes_per_level", default=128, show_default=True, type=click.IntRange(min=1, max=65535), help="Codebook size per level; fewer are used for small corpora.")
-@click.option("--epochs", "epochs_per_level", default=10, show_default=True, type=click.IntRange(min=1), help="Training epochs per level.")
+@click.option("--epochs", "epochs_per_level", default=5, show_default=True, type=click.IntRange(min=1), help="Training epochs per level.")
+@click.option("--polish-epochs", default=0, show_default=True, type=click.IntRange(min=0), help="Retriever-only epochs on the final semantic IDs.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed for every random choice in training.")
 @click.option("--no-cotrain", is_flag=True, help="Ablation: train the tokenizer alone, freeze it, then train the retriever.")
 @click.option("--no-diversity", is_flag=True, help="Ablation: turn off distinct IDs per video, balanced assignment, dead-code resets and the diversity loss.")
@@ -493,6 +494,7 @@ def train(
     levels: int,
     codes_per_level: int,
     epochs_per_level: int,
+    polish_epochs: int,
     seed: int,
     no_cotrain: bool,
     no_diversity: bool,
@@ -515,6 +517,7 @@ def train(
         levels=levels,
         codes_per_level=codes_per_level,
         epochs_per_level=epochs_per_level,
+        polish_epochs=polish_epochs,
         seed=seed,
         cotrain=not no_cotrain,
         device=device,
