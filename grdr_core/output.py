@@ -28,7 +28,7 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class IndexOutput:
-    """The output of a build: ``root`` is where it publishes locally, ``url`` the URL it uploads to (or None)."""
+    """The output of a build or update: ``root`` is where it publishes locally, ``url`` the URL it uploads to (or None)."""
 
     root: Path
     url: str | None = None

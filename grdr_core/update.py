@@ -77,8 +77,9 @@ class UpdateConfig:
     """Settings of one update of the index root ``index_dir``, a local path or a URL.
 
     At a URL the update runs in a local copy and uploads the new version (see
-    ``grdr_core.output``). ``input_root`` defaults to the input root recorded in the index, and ``model`` to
-    the encoder recorded there; another ``model`` must have the same weights.
+    ``grdr_core.output``). ``input_root`` defaults to the input root recorded in the
+    index, and ``model`` to the encoder recorded there; another ``model`` must have the
+    same weights.
     ``decode_overrides`` replaces fields of the decode settings recorded in the index
     (``DecodeConfig`` field names). ``retrain`` refits the tokenizer: the residual
     k-means of a baseline index, or the trained model of a trained index, which then

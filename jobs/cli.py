@@ -195,10 +195,10 @@ def _local_index(ctx: click.Context, param: click.Parameter, value: str) -> Path
     """Return the local path of an index argument, downloading a remote index (s3://...) into the cache."""
     from grdr_core.versions import local_index_path
 
-    local = Path(local_index_path(value))
-    if str(local) != value:
+    resolved = local_index_path(value)
+    if resolved is not value:  # a local path comes back as the same object
         ctx.meta["grdr_index_url"] = value  # what reports name instead of the cache path
-    return local
+    return Path(resolved)
 
 
 def _map_runner(engine: str, beam_args: list[str], ray_address: str | None):

@@ -228,9 +228,12 @@ def test_cli_build_inspect_search(mixed_folder, tiny_clip_dir, tmp_path):
     assert "10 files discovered, 7 indexed, 3 failed" in result.stdout
     assert result.stdout.splitlines()[-1].split() == ["total", "10"]
 
-    result = runner.invoke(cli, ["inspect", str(out), "--json"])
+    result = runner.invoke(cli, ["inspect", f"{out}/", "--json"])
     assert result.exit_code == 0, result.output
-    assert json.loads(result.stdout)["videos"]["indexed"] == 7
+    report = json.loads(result.stdout)
+    assert report["videos"]["indexed"] == 7
+    assert report["index"] == str(out)  # a local path, not named as a cached URL
+    assert "cached_at" not in report
 
     result = runner.invoke(cli, ["search", str(out), "a dog runs", "-k", "2", "--json"])
     assert result.exit_code == 0, result.output
