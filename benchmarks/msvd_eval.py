@@ -567,6 +567,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    if args.views != 4:
+        # The "default" variant trains with --views, so its label names that count.
+        VARIANT_LABELS["default"] = f"{args.views} views, co-trained"
     if not (args.data / "captions.json").is_file():
         raise SystemExit(f"MSVD captions not found: {args.data / 'captions.json'}; pass --data with the folder that contains captions.json and the split lists")
     if args.threads is not None:
