@@ -125,6 +125,13 @@ def run_size(size: int, args: argparse.Namespace) -> dict[str, Any]:
     started = time.perf_counter()
     result = summary(evaluate(index_dir, queries, eval_config))
     seconds["evaluate"] = time.perf_counter() - started
+    nprobe_sweep = None
+    if args.nprobes:
+        from msvd_eval import ivfpq_nprobe_sweep
+
+        started = time.perf_counter()
+        nprobe_sweep = ivfpq_nprobe_sweep(index_dir, queries, args)
+        seconds["nprobe_sweep"] = time.perf_counter() - started
 
     # component_bytes splits model/ into the retriever that queries read and the
     # tokenizer and torch weights that only training and ID assignment read.
@@ -144,6 +151,7 @@ def run_size(size: int, args: argparse.Namespace) -> dict[str, Any]:
         "recall_over_dense_float32": recall_bytes / dense_float32,
         "meets_1_in_40": recall_bytes / dense_float32 < TARGET_RATIO,
         "evaluation": result,
+        "ivfpq_nprobe_sweep": nprobe_sweep,
     }
 
 
@@ -187,6 +195,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--beam", type=int, default=20, help="Beam width of grdr's recall.")
     parser.add_argument("--max-candidates", type=int, default=300, help="Cap on grdr's candidate pool.")
     parser.add_argument("--seed", type=int, default=0, help="Seed of the corpus, training, k-means and FAISS.")
+    parser.add_argument("--nprobes", type=int, nargs="*", default=[], help="Also time FAISS IVF-PQ at these nprobe values (and all lists), at grdr's byte budget [default: none].")
+    parser.add_argument("--latency-queries", type=int, default=500, help="Queries timed per point of the --nprobes sweep.")
     parser.add_argument("--threads", type=int, default=None, help="torch threads for training [default: torch's choice].")
     parser.add_argument("--workdir", type=Path, default=Path("bench-out/scale"), help="Folder for the generated indexes (about 1.1 GB per million videos at dim 512).")
     parser.add_argument("--out-json", type=Path, default=None, help="Write machine facts, settings and results here.")

@@ -191,7 +191,7 @@ def update_index(
     started = time.monotonic()
     root = Path(config.index_dir).absolute()
     if not is_index_root(root):
-        resolve_version(root)  # raises the reader's error, which says how to repair a lost CURRENT
+        resolve_version(root)  # raises the reader's error, which names the rollback that repairs a lost CURRENT
         raise InvalidInputError(f"{root} is not a grdr index root (no CURRENT file and versions/ folder, nor an index.json)")
     work = WorkLayout(Path(config.work_dir).absolute() if config.work_dir else update_work_dir_for(root))
 
