@@ -12,6 +12,7 @@ deleting an old remote version does not disturb a reader that already opened it.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import shutil
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ from pathlib import Path
 from grdr_core import remote
 from grdr_core.errors import IndexExistsError, IndexFormatError, InvalidInputError
 from grdr_core.index import check_output_path, staging_dir_for
-from grdr_core.versions import next_version_name, publish_version, read_current
+from grdr_core.versions import VersionInfo, next_version_name, publish_version, read_current
 from grdr_schemas.index import IndexLayout, IndexRoot, version_name, version_number
 
 logger = logging.getLogger(__name__)
@@ -156,6 +157,21 @@ class IndexOutput:
         if stale:
             logger.info("Deleted %d old versions of %s: %s", len(stale), self.url, ", ".join(stale))
         return stale
+
+    def describe_versions(self) -> list[VersionInfo]:
+        """Return the URL's version folders, oldest first, each with its parsed ``index.json`` (None while uploading)."""
+        if self.url is None:
+            raise InvalidInputError(f"{self.root} is a local index; use grdr_core.versions.describe_versions")
+        current = remote.read_current_url(self.url)
+        infos = []
+        for number in sorted(self._remote_numbers()):
+            name = version_name(number)
+            try:
+                header = json.loads(remote.read_header_url(self._header_url(name), self.url))
+            except (IndexFormatError, ValueError):
+                header = None
+            infos.append(VersionInfo(name, f"{self.url}/{remote.VERSIONS_DIR}/{name}", name == current, header))
+        return infos
 
     def _remote_numbers(self, complete: bool = False) -> list[int]:
         """Return the numbers of the URL's version folders; ``complete``: only those with ``index.json``."""

@@ -48,7 +48,7 @@ class VersionInfo:
     """One version of an index root, for listings."""
 
     name: str
-    path: Path
+    path: Path | str  # a URL for a version at a URL
     current: bool
     header: dict[str, Any] | None  # the parsed index.json, or None when it cannot be read
 

@@ -299,13 +299,25 @@ def verify(index_dir: Path) -> None:
 
 
 @cli.command()
-@click.argument("index_dir", callback=_local_only)
+@click.argument("index_dir")
 @click.option("--json", "as_json", is_flag=True, help="Print the versions as JSON.")
-def versions(index_dir: Path, as_json: bool) -> None:
-    """List the versions of an index, oldest first; "*" marks the current one."""
-    from grdr_core.versions import describe_versions
+def versions(index_dir: str, as_json: bool) -> None:
+    """List the versions of an index, oldest first; "*" marks the current one.
 
-    infos = describe_versions(index_dir)
+    INDEX_DIR may be a URL (s3://...); a version folder there whose index.json is
+    missing is an upload in progress or one that was killed.
+    """
+    from grdr_core import remote
+
+    at_url = remote.is_remote(index_dir)
+    if at_url:
+        from grdr_core.output import IndexOutput
+
+        infos = IndexOutput.of(index_dir).describe_versions()
+    else:
+        from grdr_core.versions import describe_versions
+
+        infos = describe_versions(remote.local_path(index_dir))
     if as_json:
         rows = [{"name": info.name, "current": info.current, "path": str(info.path), **_version_summary(info.header)} for info in infos]
         click.echo(json.dumps(rows, indent=2))
@@ -318,7 +330,7 @@ def versions(index_dir: Path, as_json: bool) -> None:
             details = f"created {summary['created_at']}, {summary['indexed']} videos, {summary['tokenizer']} IDs"
             details += f", retriever trained {summary['trained_at']}" if summary["retriever"] else ""
         click.echo(f"{'*' if info.current else ' '} {info.name}  {details}")
-    if infos and not any(info.current for info in infos):
+    if infos and not any(info.current for info in infos) and not at_url:
         click.echo(f"No version is current (CURRENT is missing); run `grdr-index rollback {index_dir} --to NAME` to choose one.")
 
 

@@ -588,6 +588,17 @@ def test_build_from_s3_to_s3(s3_bucket, network_guard, tiny_clip_dir, tmp_path, 
     # Only the new version was uploaded, and the older one was pruned from the bucket.
     assert [name.rsplit("/", 1)[-1] for name in fs.ls(f"{s3_bucket}/index/versions")] == ["v000002"]
     assert fs.cat(f"{s3_bucket}/index/CURRENT") == b"v000002\n"
+    fs.pipe_file(f"{s3_bucket}/index/versions/v000003/shards/part", b"partial")
+    listing = CliRunner().invoke(cli, ["versions", f"{s3_bucket}/index", "--json"])
+    assert listing.exit_code == 0, listing.output
+    rows = json.loads(listing.stdout)
+    assert [(row["name"], row["current"]) for row in rows] == [("v000002", True), ("v000003", False)]
+    assert rows[0]["indexed"] == 4
+    assert rows[0]["path"] == f"{s3_bucket}/index/versions/v000002"
+    assert rows[1]["created_at"] is None  # no index.json: an upload in progress
+    text = CliRunner().invoke(cli, ["versions", f"{s3_bucket}/index"]).stdout
+    assert text.splitlines()[0].startswith("* v000002  created ")
+    assert "v000003  index.json missing or unreadable" in text
     assert not network_guard.blocked
 
 
