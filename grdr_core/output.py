@@ -171,6 +171,8 @@ class IndexOutput:
             except (IndexFormatError, ValueError):
                 header = None
             infos.append(VersionInfo(name, f"{self.url}/{remote.VERSIONS_DIR}/{name}", name == current, header))
+        if not infos:
+            raise IndexFormatError(f"Not a versioned grdr index (no version folders under {self.url}/{remote.VERSIONS_DIR})")
         return infos
 
     def _remote_numbers(self, complete: bool = False) -> list[int]:

@@ -599,6 +599,9 @@ def test_build_from_s3_to_s3(s3_bucket, network_guard, tiny_clip_dir, tmp_path, 
     text = CliRunner().invoke(cli, ["versions", f"{s3_bucket}/index"]).stdout
     assert text.splitlines()[0].startswith("* v000002  created ")
     assert "v000003  index.json missing or unreadable" in text
+    missing = CliRunner().invoke(cli, ["versions", f"{s3_bucket}/no-index"])
+    assert missing.exit_code != 0
+    assert "Not a versioned grdr index" in str(missing.exception)
     assert not network_guard.blocked
 
 
