@@ -1,8 +1,12 @@
-"""The build settings that the engine, resume and update tests share: tiny inputs, fast builds."""
+"""Build settings and interruptions that the engine, resume, update and remote tests share."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+import pytest
 
 from grdr_core.build import BuildConfig
 from grdr_core.decode import DecodeConfig
@@ -25,3 +29,21 @@ def small_build_config(
         files_per_unit=files_per_unit,
         overwrite=overwrite,
     )
+
+
+class Interrupted(Exception):
+    """Raised in place of a kill, to stop a build or an update at a chosen point."""
+
+
+@contextmanager
+def update_stopped_at(monkeypatch: pytest.MonkeyPatch, point: str) -> Iterator[None]:
+    """Stop the update run in the block at its checkpoint ``point``; fail when it does not get there."""
+
+    def stop(name: str) -> None:
+        if name == point:
+            raise Interrupted()
+
+    with monkeypatch.context() as patch:
+        patch.setattr("grdr_core.update.checkpoint", stop)
+        with pytest.raises(Interrupted):
+            yield

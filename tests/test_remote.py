@@ -27,6 +27,7 @@ from grdr_core.errors import IndexFormatError, InvalidInputError, VideoDecodeErr
 from grdr_core.remote import download_tree, is_remote, join_url, open_remote_index, upload_tree
 from grdr_core.testing.videos import write_test_video
 from grdr_schemas import VideoStatus
+from small_builds import small_build_config, update_stopped_at
 
 DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data"
 MSVD_CLIPS = DATA_DIR / "msvd" / "clips"
@@ -527,36 +528,35 @@ def test_upload_to_missing_bucket_raises(tmp_path, s3_env):
         upload_tree(tmp_path, "s3://grdr-test-no-such-bucket/idx")
 
 
+def _write_videos(folder: Path, count: int) -> Path:
+    for i in range(count):
+        write_test_video(folder / f"clip{i}.mp4", frames=6 + i, width=48 + 8 * i, height=40)
+    return folder
+
+
+def _build_lake_index(s3_bucket: str, tmp_path: Path, tiny_clip_dir: Path, videos: int) -> None:
+    """Upload ``videos`` small clips to ``s3_bucket/lake`` and build ``s3_bucket/index`` from them."""
+    from grdr_core.build import build_index
+
+    upload_tree(_write_videos(tmp_path / "videos", videos), f"{s3_bucket}/lake")
+    build_index(small_build_config(f"{s3_bucket}/lake", f"{s3_bucket}/index", tiny_clip_dir))
+
+
 def test_build_from_s3_to_s3(s3_bucket, network_guard, tiny_clip_dir, tmp_path, monkeypatch):
     from click.testing import CliRunner
 
-    from grdr_core.build import BuildConfig, build_index
-    from grdr_core.features import EncoderConfig
+    from grdr_core.build import build_index
     from grdr_core.index import open_index
-    from grdr_core.quantize import QuantizerConfig
     from grdr_jobs.cli import cli
 
     monkeypatch.setenv("GRDR_CACHE_DIR", str(tmp_path / "cache"))
-    videos = tmp_path / "videos"
-    for i in range(4):
-        write_test_video(videos / f"clip{i}.mp4", frames=6 + i, width=48 + 8 * i, height=40)
+    videos = _write_videos(tmp_path / "videos", 4)
     (videos / "broken.avi").write_bytes(b"not a video" * 50)
     upload_tree(videos, f"{s3_bucket}/lake")
 
-    def config(input_root, out):
-        return BuildConfig(
-            input_root=input_root,
-            out_dir=out,
-            decode=DecodeConfig(num_frames=3, timeout_s=60),
-            encoder=EncoderConfig(model=str(tiny_clip_dir), batch_size=8),
-            quantizer=QuantizerConfig(levels=2, codes_per_level=2, seed=0),
-            workers=1,
-            files_per_unit=2,
-        )
-
-    summary = build_index(config(f"{s3_bucket}/lake", f"{s3_bucket}/index"))
+    summary = build_index(small_build_config(f"{s3_bucket}/lake", f"{s3_bucket}/index", tiny_clip_dir))
     local = tmp_path / "local-index"
-    build_index(config(videos, local))
+    build_index(small_build_config(videos, local, tiny_clip_dir))
 
     assert summary.out_dir == f"{s3_bucket}/index"
     assert summary.discovered == 5
@@ -643,27 +643,11 @@ def test_build_from_features_to_s3(s3_bucket, network_guard, tmp_path, monkeypat
 def test_update_index_at_s3(s3_bucket, network_guard, tiny_clip_dir, tmp_path, monkeypatch):
     from click.testing import CliRunner
 
-    from grdr_core.build import BuildConfig, build_index
-    from grdr_core.features import EncoderConfig
     from grdr_core.index import open_index
-    from grdr_core.quantize import QuantizerConfig
     from grdr_jobs.cli import cli
 
     monkeypatch.setenv("GRDR_CACHE_DIR", str(tmp_path / "cache"))
-    videos = tmp_path / "videos"
-    for i in range(3):
-        write_test_video(videos / f"clip{i}.mp4", frames=6 + i, width=48 + 8 * i, height=40)
-    upload_tree(videos, f"{s3_bucket}/lake")
-    build_index(
-        BuildConfig(
-            input_root=f"{s3_bucket}/lake",
-            out_dir=f"{s3_bucket}/index",
-            decode=DecodeConfig(num_frames=3, timeout_s=60),
-            encoder=EncoderConfig(model=str(tiny_clip_dir), batch_size=8),
-            quantizer=QuantizerConfig(levels=2, codes_per_level=2, seed=0),
-            workers=1,
-        )
-    )
+    _build_lake_index(s3_bucket, tmp_path, tiny_clip_dir, videos=3)
     # Another machine updates the index, so its cache has no local copy yet.
     monkeypatch.setenv("GRDR_CACHE_DIR", str(tmp_path / "other-cache"))
     write_test_video(tmp_path / "new.mp4", frames=9, width=64, height=48)
@@ -695,31 +679,11 @@ def test_update_index_at_s3(s3_bucket, network_guard, tiny_clip_dir, tmp_path, m
     assert not network_guard.blocked
 
 
-class _Interrupted(Exception):
-    pass
-
-
 def test_update_at_s3_resumes_upload(s3_bucket, network_guard, tiny_clip_dir, tmp_path, monkeypatch):
-    from grdr_core.build import BuildConfig, build_index
-    from grdr_core.features import EncoderConfig
-    from grdr_core.quantize import QuantizerConfig
     from grdr_core.update import UpdateConfig, update_index
 
     monkeypatch.setenv("GRDR_CACHE_DIR", str(tmp_path / "cache"))
-    videos = tmp_path / "videos"
-    for i in range(2):
-        write_test_video(videos / f"clip{i}.mp4", frames=6 + i, width=48, height=40)
-    upload_tree(videos, f"{s3_bucket}/lake")
-    build_index(
-        BuildConfig(
-            input_root=f"{s3_bucket}/lake",
-            out_dir=f"{s3_bucket}/index",
-            decode=DecodeConfig(num_frames=3, timeout_s=60),
-            encoder=EncoderConfig(model=str(tiny_clip_dir), batch_size=8),
-            quantizer=QuantizerConfig(levels=2, codes_per_level=2, seed=0),
-            workers=1,
-        )
-    )
+    _build_lake_index(s3_bucket, tmp_path, tiny_clip_dir, videos=2)
     fs = fsspec.filesystem("s3")
     write_test_video(tmp_path / "new.mp4", frames=9, width=64, height=48)
     fs.put(str(tmp_path / "new.mp4"), f"{s3_bucket}/lake/new.mp4")
@@ -728,14 +692,8 @@ def test_update_at_s3_resumes_upload(s3_bucket, network_guard, tiny_clip_dir, tm
     config = UpdateConfig(index_dir=f"{s3_bucket}/index", model=str(tiny_clip_dir), batch_size=8, workers=1)
 
     # The update publishes into its local copy and is stopped before the upload.
-    def stop_after_publish(name: str) -> None:
-        if name == "after-publish":
-            raise _Interrupted()
-
-    with monkeypatch.context() as patch:
-        patch.setattr("grdr_core.update.checkpoint", stop_after_publish)
-        with pytest.raises(_Interrupted):
-            update_index(config)
+    with update_stopped_at(monkeypatch, "after-publish"):
+        update_index(config)
     fs.invalidate_cache()
     assert fs.cat(f"{s3_bucket}/index/CURRENT") == b"v000001\n"
     # A file left in the version's folder by an upload killed earlier must not stay in it.

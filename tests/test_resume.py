@@ -21,7 +21,7 @@ from grdr_core.stages import run_local
 from grdr_core.testing.videos import write_test_video
 from grdr_schemas.build import WorkLayout, work_dir_for
 from index_contents import assert_same_index
-from small_builds import small_build_config
+from small_builds import Interrupted, small_build_config
 
 FILES_PER_UNIT = 2
 
@@ -119,18 +119,14 @@ def test_resume_after_kill_at_each_point(corpus, reference, tiny_clip_dir, encod
     assert_same_index(out, reference)
 
 
-class _Interrupted(Exception):
-    pass
-
-
 def _interrupted_build(corpus: Path, out: Path, tiny_clip_dir: Path, encoder: ClipEncoder, units: int) -> WorkLayout:
     """Run a build whose map stage stops with an error after ``units`` units."""
 
     def runner(settings, pending):
         run_local(settings, pending[:units], encoder=encoder)
-        raise _Interrupted()
+        raise Interrupted()
 
-    with pytest.raises(_Interrupted):
+    with pytest.raises(Interrupted):
         build_index(small_build_config(corpus, out, tiny_clip_dir, files_per_unit=FILES_PER_UNIT), encoder=encoder, map_runner=runner)
     work = WorkLayout(work_dir_for(out.resolve()))
     assert _finished_units(work) == units

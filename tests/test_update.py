@@ -27,7 +27,7 @@ from grdr_core.update import UpdateConfig, update_index
 from grdr_core.versions import list_versions, read_current, rollback
 from grdr_schemas.update import update_work_dir_for
 from index_contents import assert_same_index, index_contents
-from small_builds import small_build_config
+from small_builds import Interrupted, small_build_config, update_stopped_at
 
 FILES_PER_UNIT = 2
 ADDED = {"new/a.mp4", "new/b.mp4"}
@@ -215,14 +215,8 @@ def test_stale_plan_is_discarded(base_index, corpus_v2, tiny_clip_dir, encoder, 
     work = update_work_dir_for(index)
 
     # This update is stopped before publishing its version v000002.
-    def stop_before_publish(name: str) -> None:
-        if name == "before-publish":
-            raise _Interrupted()
-
-    with monkeypatch.context() as patch:
-        patch.setattr("grdr_core.update.checkpoint", stop_before_publish)
-        with pytest.raises(_Interrupted):
-            update_index(_update_config(index, corpus_v2, tiny_clip_dir), encoder=encoder)
+    with update_stopped_at(monkeypatch, "before-publish"):
+        update_index(_update_config(index, corpus_v2, tiny_clip_dir), encoder=encoder)
     assert json.loads((work / "plan.json").read_text())["version"] == "v000002"
 
     # Another update, with its own work folder, publishes a version of the same name.
@@ -298,10 +292,6 @@ UPDATE_SCRIPT = textwrap.dedent(
     """
 )
 
-class _Interrupted(Exception):
-    pass
-
-
 def test_killed_update_resumes(base_index, corpus_v2, updated, tiny_clip_dir, encoder, tmp_path, monkeypatch):
     index = _copy_index(base_index, tmp_path / "copy")
     work = update_work_dir_for(index)
@@ -309,9 +299,9 @@ def test_killed_update_resumes(base_index, corpus_v2, updated, tiny_clip_dir, en
     # 1. The map stage stops after the first of two units.
     def one_unit(settings, pending):
         run_local(settings, pending[:1], encoder=encoder)
-        raise _Interrupted()
+        raise Interrupted()
 
-    with pytest.raises(_Interrupted):
+    with pytest.raises(Interrupted):
         update_index(_update_config(index, corpus_v2, tiny_clip_dir), encoder=encoder, map_runner=one_unit)
     assert len(list(work.glob("units/*/_SUCCESS"))) == 1
 
@@ -329,14 +319,8 @@ def test_killed_update_resumes(base_index, corpus_v2, updated, tiny_clip_dir, en
     assert read_current(index) == "v000001"
 
     # 3. The update stops right after publishing, before removing its work directory.
-    def stop_after_publish(name: str) -> None:
-        if name == "after-publish":
-            raise _Interrupted()
-
-    with monkeypatch.context() as patch:
-        patch.setattr("grdr_core.update.checkpoint", stop_after_publish)
-        with pytest.raises(_Interrupted):
-            update_index(_update_config(index, corpus_v2, tiny_clip_dir), encoder=encoder)
+    with update_stopped_at(monkeypatch, "after-publish"):
+        update_index(_update_config(index, corpus_v2, tiny_clip_dir), encoder=encoder)
     assert read_current(index) == "v000002"
     assert work.is_dir()
 
