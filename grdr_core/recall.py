@@ -62,7 +62,7 @@ def candidates_from_ids(trie: TrieReader, decoded: list[DecodedId], max_candidat
     return _pool(trie, paths, max_candidates, _first_occurrences_function())
 
 
-def _load_kernels() -> ModuleType | None:
+def load_kernels() -> ModuleType | None:
     """Import the compiled kernels on first use; return None when numba is not installed."""
     global _kernels
     if _kernels is None:
@@ -93,7 +93,7 @@ def _decode(runtime: RetrieverRuntime, trie: TrieReader, queries: np.ndarray, be
     queries = _check_arguments(runtime, trie, queries, beam)
     if len(queries) == 0:
         return []
-    kernels = _load_kernels()
+    kernels = load_kernels()
     if kernels is None:
         return [
             (np.array([d.codes for d in ids], dtype=np.int64).reshape(len(ids), runtime.levels), np.array([d.log_prob for d in ids]))
@@ -159,7 +159,7 @@ def _pool(trie: TrieReader, paths: np.ndarray, max_candidates: int, dedup: Calla
 
 
 def _first_occurrences_function() -> Callable[[np.ndarray, int], np.ndarray]:
-    kernels = _load_kernels()
+    kernels = load_kernels()
     return kernels.first_occurrences if kernels is not None else _first_occurrences_capped
 
 

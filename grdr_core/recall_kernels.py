@@ -1,4 +1,4 @@
-"""Compiled (numba) kernels of generative recall: beam search and pool deduplication.
+"""Compiled (numba) kernels of generative recall and rerank: beam search, pool deduplication, float16 dot products.
 
 One kernel call decodes a whole batch of queries, so a query costs no Python or NumPy
 call per level. The arithmetic follows ``grdr_core.recall.beam_search_numpy`` step by
@@ -318,3 +318,34 @@ def first_occurrences(ordinals, limit):  # type: ignore[no-untyped-def]
             result[count] = value
             count += 1
     return result[:count]
+
+
+# 2^112 moves a float16 exponent (bias 15) to float32's (bias 127). The product is exact
+# for every finite float16 value, subnormals included.
+_HALF_TO_SINGLE_SCALE = np.float32(2.0**112)
+
+
+@_jit(fastmath={"reassoc", "contract"})
+def float16_row_dots(records, rows, query, out):  # type: ignore[no-untyped-def]
+    """Set ``out[i]`` to the dot product of float16 row ``records[rows[i]]`` and float32 ``query``.
+
+    ``records`` contains the float16 rows as their ``uint16`` bit patterns, because numba
+    has no float16 type. NumPy's float16 cast took about 2 ns per value on the 2-vCPU
+    benchmark VM (AVX2, no AVX-512), about 7 times this kernel's conversion and sum. The
+    conversion is exact, like NumPy's, and only the order of the sum differs.
+    """
+    width = records.shape[1]
+    bits = np.empty(width, np.uint32)
+    values = bits.view(np.float32)
+    for i in range(rows.shape[0]):
+        row = records[rows[i]]
+        for j in range(width):
+            bits[j] = (np.uint32(row[j]) & np.uint32(0x7FFF)) << np.uint32(13)
+        for j in range(width):
+            values[j] = values[j] * _HALF_TO_SINGLE_SCALE
+        for j in range(width):
+            half = np.uint32(row[j])
+            if half & np.uint32(0x7C00) == np.uint32(0x7C00):  # infinity or NaN
+                bits[j] = np.uint32(0x7F800000) | ((half & np.uint32(0x3FF)) << np.uint32(13))
+            bits[j] = bits[j] | ((half & np.uint32(0x8000)) << np.uint32(16))
+        out[i] = _dot(values, query)

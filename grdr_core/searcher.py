@@ -19,7 +19,7 @@ import numpy as np
 from grdr_core.errors import IndexFormatError, InvalidInputError
 from grdr_core.index import Index, open_index_version
 from grdr_core.query_checks import DEFAULT_BEAM, DEFAULT_MAX_CANDIDATES, check_query_limits, check_query_text
-from grdr_core.recall import recall_pools
+from grdr_core.recall import load_kernels, recall_pools
 from grdr_core.retriever_runtime import RetrieverRuntime
 from grdr_core.search import SearchHit, hits_for
 from grdr_core.versions import local_index_path, open_resolved
@@ -150,6 +150,7 @@ def rerank(index: Index, query: np.ndarray, candidates: np.ndarray, k: int) -> t
     """Score candidates by cosine with the query; return the top ``k`` ordinals and scores, best first."""
     if len(candidates) == 0:
         return np.empty(0, np.int64), np.empty(0, np.float32)
-    scores = index.shards.get(candidates) @ query
+    kernels = load_kernels()
+    scores = index.shards.dot(candidates, query, kernels.float16_row_dots if kernels is not None else None)
     order = np.lexsort((candidates, -scores))[:k]
     return candidates[order], scores[order]

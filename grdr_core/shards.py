@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -94,6 +95,8 @@ class ShardReader:
                     f"expected {(expected, dim)} and {SHARD_DTYPE}"
                 )
             self._shards.append(array)
+        # The same rows as float16 bit patterns, for compiled kernels (numba has no float16).
+        self._bits = [np.asarray(shard).view(np.uint16) for shard in self._shards]
 
     def __len__(self) -> int:
         return self.count
@@ -109,6 +112,33 @@ class ShardReader:
         for shard in np.unique(shard_of):
             mask = shard_of == shard
             out[mask] = self._shards[shard][row_of[mask]]
+        return out
+
+    def dot(self, ordinals: np.ndarray, query: np.ndarray, kernel: Callable[..., None] | None = None) -> np.ndarray:
+        """Return the float32 dot product of each of ``ordinals``' embeddings with ``query``.
+
+        ``kernel`` is ``recall_kernels.float16_row_dots``, which reads the float16 rows
+        without converting them first; without it, ``get`` converts the rows with NumPy.
+        """
+        query = np.ascontiguousarray(query, dtype=np.float32)
+        if query.shape != (self.dim,):
+            raise InvalidInputError(f"Expected a query of shape ({self.dim},), got {query.shape}")
+        if kernel is None:
+            return self.get(ordinals) @ query
+        ordinals = np.asarray(ordinals, dtype=np.int64)
+        if ordinals.size and (ordinals.min() < 0 or ordinals.max() >= self.count):
+            raise InvalidInputError(f"Ordinals must lie in [0, {self.count}), got range [{ordinals.min()}, {ordinals.max()}]")
+        out = np.empty(len(ordinals), dtype=np.float32)
+        if len(self._bits) == 1:
+            kernel(self._bits[0], ordinals, query, out)
+            return out
+        shard_of = ordinals // self.records_per_shard
+        row_of = ordinals % self.records_per_shard
+        for shard in np.unique(shard_of).tolist():
+            positions = np.flatnonzero(shard_of == shard)
+            scores = np.empty(len(positions), dtype=np.float32)
+            kernel(self._bits[shard], row_of[positions], query, scores)
+            out[positions] = scores
         return out
 
     def iter_blocks(self, block_size: int = 65536):

@@ -54,6 +54,37 @@ def test_shard_reader_rejects_bad_ordinals_and_shapes(tmp_path):
         writer.append(np.ones((1, 5), np.float32))
 
 
+def test_float16_row_dots_converts_every_float16_value_exactly():
+    kernels = pytest.importorskip("grdr_core.recall_kernels")
+    halves = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16)
+    out = np.empty(len(halves), dtype=np.float32)
+    kernels.float16_row_dots(halves.reshape(-1, 1), np.arange(len(halves)), np.ones(1, np.float32), out)
+    expected = halves.view(np.float16).astype(np.float32)
+    nan = np.isnan(expected)
+    assert np.array_equal(np.isnan(out), nan)
+    assert np.array_equal(out[~nan], expected[~nan])  # subnormals and infinities included
+
+
+@pytest.mark.parametrize("with_kernel", [True, False])
+def test_shard_dot_matches_get_across_shards(tmp_path, with_kernel):
+    kernel = pytest.importorskip("grdr_core.recall_kernels").float16_row_dots if with_kernel else None
+    rng = np.random.default_rng(3)
+    writer = ShardWriter(tmp_path, dim=24, records_per_shard=7)
+    writer.append(_unit(rng, 30, 24))
+    writer.close()
+    reader = ShardReader(tmp_path, count=30, dim=24, records_per_shard=7)
+    ordinals = np.array([29, 0, 8, 7, 13, 8, 21])
+    query = _unit(rng, 1, 24)[0]
+    scores = reader.dot(ordinals, query, kernel)
+    assert scores.dtype == np.float32
+    np.testing.assert_allclose(scores, reader.get(ordinals) @ query, rtol=0, atol=1e-6)
+    assert reader.dot(np.empty(0, np.int64), query, kernel).shape == (0,)
+    with pytest.raises(InvalidInputError, match="Ordinals must lie"):
+        reader.dot(np.array([30]), query, kernel)
+    with pytest.raises(InvalidInputError, match="shape"):
+        reader.dot(ordinals, query[:5], kernel)
+
+
 def test_exact_search_ranks_planted_vectors(tmp_path):
     rng = np.random.default_rng(1)
     data = _unit(rng, 50, 16)
