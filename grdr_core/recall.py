@@ -9,7 +9,6 @@ compare with, and the fallback when numba is not installed.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from contextlib import closing
 from dataclasses import dataclass
 from types import ModuleType
@@ -19,7 +18,6 @@ import numpy as np
 from grdr_core.errors import IndexFormatError, InvalidInputError
 from grdr_core.retriever_runtime import RetrieverRuntime
 from grdr_core.trie import PrefixTable, TrieReader
-from grdr_schemas.trie import CODE_DTYPE, ORDINAL_DTYPE
 
 logger = logging.getLogger(__name__)
 
@@ -50,16 +48,16 @@ def recall_pools(runtime: RetrieverRuntime, trie: TrieReader, queries: np.ndarra
     """Return the candidate pool of each of ``(B, D)`` queries: ``candidates_from_ids`` of its ``beam_search``."""
     if max_candidates < 1:
         raise InvalidInputError(f"max_candidates must be >= 1, got {max_candidates}")
-    dedup = _first_occurrences_function()
-    return [_pool(trie, paths, max_candidates, dedup) for paths, _ in _decode(runtime, trie, queries, beam)]
+    kernels = load_kernels()
+    return [_pool(trie, paths, max_candidates, kernels) for paths, _ in _decode(runtime, trie, queries, beam)]
 
 
 def candidates_from_ids(trie: TrieReader, decoded: list[DecodedId], max_candidates: int) -> np.ndarray:
     """Union the posting lists of ``decoded`` IDs in beam order, without duplicates, capped."""
     if max_candidates < 1:
         raise InvalidInputError(f"max_candidates must be >= 1, got {max_candidates}")
-    paths = np.array([d.codes for d in decoded], dtype=np.int64)
-    return _pool(trie, paths, max_candidates, _first_occurrences_function())
+    paths = np.array([d.codes for d in decoded], dtype=np.int64).reshape(len(decoded), trie.levels)
+    return _pool(trie, paths, max_candidates, load_kernels())
 
 
 def load_kernels() -> ModuleType | None:
@@ -130,41 +128,35 @@ def _decode(runtime: RetrieverRuntime, trie: TrieReader, queries: np.ndarray, be
     return [(paths[q, :count], scores[q, :count]) for q, count in enumerate(counts_list)]
 
 
-def _pool(trie: TrieReader, paths: np.ndarray, max_candidates: int, dedup: Callable[[np.ndarray, int], np.ndarray]) -> np.ndarray:
+def _pool(trie: TrieReader, paths: np.ndarray, max_candidates: int, kernels: ModuleType | None) -> np.ndarray:
     """Union the posting lists of the ``(n, levels)`` IDs in ``paths`` in row order, without duplicates, capped."""
-    if len(paths) == 0:
-        return np.empty(0, np.int64)
-    # All keys packed by one conversion: the IDs share one length.
-    packed = np.ascontiguousarray(paths, dtype=CODE_DTYPE).tobytes()
-    width = len(packed) // len(paths)
-    keys = (packed[i : i + width] for i in range(0, len(packed), width))
-    # A posting list has no duplicates, so its first max_candidates ordinals include all
-    # that the cap can still admit. Duplicates are removed only once the lists read so
-    # far could fill the pool, which in a large corpus is often after the first list.
-    chunks: list[bytes] = []
+    leaves = trie.leaf_indices(paths)
+    starts, ends = trie.posting_ranges(leaves[leaves >= 0])
+    if kernels is not None:
+        return kernels.first_occurrences_in_ranges(trie.ordinals, starts, ends, max_candidates)
+    return _first_occurrences_in_ranges(trie.ordinals, starts, ends, max_candidates)
+
+
+def _first_occurrences_in_ranges(ordinals: np.ndarray, starts: np.ndarray, ends: np.ndarray, limit: int) -> np.ndarray:
+    """Return the first ``limit`` distinct values of ``ordinals[starts[i]:ends[i]]``, range after range."""
+    # A posting list has no duplicates, so its first ``limit`` ordinals include all that
+    # the cap can still admit. Duplicates are removed only once the lists read so far
+    # could fill the pool, which in a large corpus is often after the first list.
+    ends = np.minimum(ends, starts + limit)
     pool = np.empty(0, np.int64)
-    pending = 0
-    with closing(trie.iter_posting_bytes(keys, limit=max_candidates)) as lists:
-        for chunk in lists:
-            chunks.append(chunk)
-            pending += len(chunk) // ORDINAL_DTYPE.itemsize
-            if len(pool) + pending >= max_candidates:
-                pool = dedup(np.frombuffer(b"".join(chunks), dtype=ORDINAL_DTYPE), max_candidates)
-                pending = 0
-                if len(pool) >= max_candidates:
-                    return pool
+    pending: list[np.ndarray] = []
+    pending_count = 0
+    for start, end in zip(starts.tolist(), ends.tolist()):
+        pending.append(ordinals[start:end])
+        pending_count += end - start
+        if len(pool) + pending_count >= limit:
+            pool = _first_occurrences(np.concatenate([pool, *pending]).astype(np.int64))
+            pending, pending_count = [], 0
+            if len(pool) >= limit:
+                break
     if pending:
-        pool = dedup(np.frombuffer(b"".join(chunks), dtype=ORDINAL_DTYPE), max_candidates)
-    return pool
-
-
-def _first_occurrences_function() -> Callable[[np.ndarray, int], np.ndarray]:
-    kernels = load_kernels()
-    return kernels.first_occurrences if kernels is not None else _first_occurrences_capped
-
-
-def _first_occurrences_capped(ordinals: np.ndarray, limit: int) -> np.ndarray:
-    return _first_occurrences(ordinals.astype(np.int64))[:limit]
+        pool = _first_occurrences(np.concatenate([pool, *pending]).astype(np.int64))
+    return pool[:limit]
 
 
 def beam_search_numpy(runtime: RetrieverRuntime, trie: TrieReader, queries: np.ndarray, beam: int) -> list[list[DecodedId]]:
@@ -264,30 +256,8 @@ def candidates_from_ids_numpy(trie: TrieReader, decoded: list[DecodedId], max_ca
     """Return what ``candidates_from_ids`` returns, deduplicating with NumPy."""
     if max_candidates < 1:
         raise InvalidInputError(f"max_candidates must be >= 1, got {max_candidates}")
-    pool = np.empty(0, np.int64)
-    pending: list[np.ndarray] = []
-    pending_count = 0
-    # A posting list has no duplicates, so its first max_candidates ordinals include all
-    # that the cap can still admit. Duplicates are removed only once the lists read so
-    # far could fill the pool, which in a large corpus is often after the first list.
-    if not decoded:
-        return pool
-    # All keys packed by one conversion: decoded IDs share one length.
-    packed = np.array([d.codes for d in decoded], dtype=CODE_DTYPE).tobytes()
-    width = len(packed) // len(decoded)
-    keys = (packed[i : i + width] for i in range(0, len(packed), width))
-    with closing(trie.iter_postings(keys, limit=max_candidates)) as lists:
-        for ordinals in lists:
-            pending.append(ordinals)
-            pending_count += len(ordinals)
-            if len(pool) + pending_count >= max_candidates:
-                pool = _first_occurrences(np.concatenate([pool, *pending]))
-                pending, pending_count = [], 0
-                if len(pool) >= max_candidates:
-                    break
-    if pending:
-        pool = _first_occurrences(np.concatenate([pool, *pending]))
-    return pool[:max_candidates]
+    paths = np.array([d.codes for d in decoded], dtype=np.int64).reshape(len(decoded), trie.levels)
+    return _pool(trie, paths, max_candidates, None)
 
 
 def _first_occurrences(ordinals: np.ndarray) -> np.ndarray:

@@ -293,9 +293,12 @@ def decode_batch(  # type: ignore[no-untyped-def]
 
 
 @_jit()
-def first_occurrences(ordinals, limit):  # type: ignore[no-untyped-def]
-    """Return the first ``limit`` distinct values of ``ordinals`` (non-negative), in order of first occurrence."""
-    capacity = min(limit, ordinals.shape[0])
+def first_occurrences_in_ranges(ordinals, starts, ends, limit):  # type: ignore[no-untyped-def]
+    """Return the first ``limit`` distinct values of ``ordinals[starts[i]:ends[i]]``, range after range."""
+    total = 0
+    for r in range(starts.shape[0]):
+        total += ends[r] - starts[r]
+    capacity = min(limit, total)
     result = np.empty(capacity, np.int64)
     # Open addressing with a load of at most one half. The slot is the top bits of a
     # multiplicative (Fibonacci) hash.
@@ -306,17 +309,18 @@ def first_occurrences(ordinals, limit):  # type: ignore[no-untyped-def]
     shift = np.uint64(64 - bits)
     table = np.full(1 << bits, -1, np.int64)
     count = 0
-    for i in range(ordinals.shape[0]):
-        if count == capacity:
-            break
-        value = np.int64(ordinals[i])
-        slot = (np.uint64(value) * np.uint64(0x9E3779B97F4A7C15)) >> shift
-        while table[slot] != -1 and table[slot] != value:
-            slot = (slot + np.uint64(1)) & mask
-        if table[slot] == -1:
-            table[slot] = value
-            result[count] = value
-            count += 1
+    for r in range(starts.shape[0]):
+        for i in range(starts[r], ends[r]):
+            if count == capacity:
+                return result
+            value = np.int64(ordinals[i])
+            slot = (np.uint64(value) * np.uint64(0x9E3779B97F4A7C15)) >> shift
+            while table[slot] != -1 and table[slot] != value:
+                slot = (slot + np.uint64(1)) & mask
+            if table[slot] == -1:
+                table[slot] = value
+                result[count] = value
+                count += 1
     return result[:count]
 
 

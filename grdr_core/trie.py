@@ -1,10 +1,15 @@
-"""Semantic-ID trie in LMDB: allowed next codes per prefix and posting lists per full ID."""
+"""Semantic-ID trie in LMDB: allowed next codes per prefix and posting lists per full ID.
+
+The file stores flat arrays (see ``grdr_schemas.trie``). ``TrieReader`` keeps the child
+lists in memory as a ``PrefixTable`` and reads the posting lists through LMDB's memory
+map without copying them.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,58 +18,65 @@ import numpy as np
 
 from grdr_core.errors import IndexFormatError, InvalidInputError
 from grdr_core.lmdb_write import write_sorted_tables
-from grdr_schemas.trie import CODE_DTYPE, DB_CHILDREN, DB_META, DB_POSTINGS, ORDINAL_DTYPE, TRIE_FORMAT_VERSION
+from grdr_schemas.trie import (
+    CODE_DTYPE,
+    COUNT_DTYPE,
+    DB_ARRAYS,
+    DB_META,
+    KEY_CHILD_CODES,
+    KEY_CHILD_COUNTS,
+    KEY_ORDINALS,
+    KEY_POSTING_ENDS,
+    ORDINAL_DTYPE,
+    TRIE_FORMAT_VERSION,
+)
 
 logger = logging.getLogger(__name__)
 
-_MAX_DBS = 3
-
-
-def pack_codes(codes: np.ndarray | tuple[int, ...] | list[int]) -> bytes:
-    return np.asarray(codes, dtype=CODE_DTYPE).tobytes()
-
-
-def children_key(prefix: np.ndarray | tuple[int, ...] | list[int]) -> bytes:
-    return bytes([len(prefix)]) + pack_codes(prefix)
-
-
-def unpack_codes(key: bytes) -> tuple[int, ...]:
-    return tuple(int(c) for c in np.frombuffer(key, dtype=CODE_DTYPE))
+_MAX_DBS = 2
+# Codes take 16 bits, so (node << 16) | code orders entries like the child lists do.
+_CODE_BITS = 16
 
 
 def write_trie(path: Path, codes: np.ndarray, codebook_sizes: list[int]) -> None:
     """Write the trie of ``codes``, an ``(n, views, levels)`` array indexed by ordinal.
 
-    Keys are sorted before writing and appended by one writer in one transaction, so
-    the same codes always give a byte-identical file.
+    The arrays depend on the codes only and are written by one writer in one
+    transaction, so the same codes always give a byte-identical file.
     """
     codes = np.asarray(codes)
     if codes.ndim != 3:
         raise InvalidInputError(f"Expected codes of shape (n, views, levels), got {codes.shape}")
     levels = codes.shape[2]
+    if levels < 1:
+        raise InvalidInputError(f"Expected at least one level of codes, got shape {codes.shape}")
     if codes.size and (int(codes.min()) < 0 or int(codes.max()) > np.iinfo(CODE_DTYPE).max):
         raise InvalidInputError(f"Codes must lie in [0, {np.iinfo(CODE_DTYPE).max}], got [{int(codes.min())}, {int(codes.max())}]")
 
-    children_items = _children_items(codes)
-    posting_items = _posting_items(codes)
-    meta_items = sorted(
-        [
-            (b"format_version", json.dumps(TRIE_FORMAT_VERSION).encode()),
-            (b"levels", json.dumps(levels).encode()),
-            (b"codebook_sizes", json.dumps(list(codebook_sizes)).encode()),
-        ]
-    )
-
-    payload = sum(len(k) + len(v) for k, v in children_items + posting_items)
+    child_codes, child_counts, nodes_per_level = _child_arrays(codes)
+    posting_ends, ordinals = _posting_arrays(codes)
+    arrays = [
+        (KEY_CHILD_CODES, child_codes.astype(CODE_DTYPE).tobytes()),
+        (KEY_CHILD_COUNTS, child_counts.astype(COUNT_DTYPE).tobytes()),
+        (KEY_ORDINALS, ordinals.astype(ORDINAL_DTYPE).tobytes()),
+        (KEY_POSTING_ENDS, posting_ends.astype(COUNT_DTYPE).tobytes()),
+    ]
+    meta = [
+        (b"codebook_sizes", json.dumps(list(codebook_sizes)).encode()),
+        (b"format_version", json.dumps(TRIE_FORMAT_VERSION).encode()),
+        (b"levels", json.dumps(levels).encode()),
+        (b"nodes_per_level", json.dumps(nodes_per_level).encode()),
+    ]
+    payload = sum(len(value) for _, value in arrays)
     # LMDB needs an upper bound for the file, and on Linux the file only grows to the pages
     # used. An estimate that proves too small costs a retry with a doubled map.
-    map_size = max(1 << 24, 4 * payload + 64 * (len(children_items) + len(posting_items)))
-    write_sorted_tables(path, [(DB_CHILDREN, children_items), (DB_POSTINGS, posting_items), (DB_META, meta_items)], map_size, _MAX_DBS)
-    logger.info("Wrote trie %s: %d prefixes, %d semantic IDs", path, len(children_items), len(posting_items))
+    map_size = max(1 << 24, 2 * payload + (1 << 20))
+    write_sorted_tables(path, [(DB_ARRAYS, sorted(arrays)), (DB_META, sorted(meta))], map_size, _MAX_DBS)
+    logger.info("Wrote trie %s: %d prefixes, %d semantic IDs, %d postings", path, sum(nodes_per_level), len(posting_ends), len(ordinals))
 
 
 def _sort_keys(rows: np.ndarray) -> np.ndarray:
-    """Return one sortable value per row of an ``(n, l)`` code array, ordered like the packed bytes.
+    """Return one sortable value per row of an ``(n, l)`` code array, ordered like the rows' codes.
 
     Up to 4 codes fit one uint64 (16 bits each, first code highest), which NumPy sorts
     fast. Longer rows become opaque byte strings, which NumPy compares bytewise, and
@@ -76,8 +88,8 @@ def _sort_keys(rows: np.ndarray) -> np.ndarray:
         for column in range(width):
             keys = (keys << np.uint64(16)) | rows[:, column].astype(np.uint64)
         return keys
-    packed = np.ascontiguousarray(rows, dtype=CODE_DTYPE)
-    return packed.view(np.dtype((np.void, width * CODE_DTYPE.itemsize))).ravel()
+    packed = np.ascontiguousarray(rows, dtype=">u2")
+    return packed.view(np.dtype((np.void, width * 2))).ravel()
 
 
 def _rows_of(keys: np.ndarray, width: int) -> np.ndarray:
@@ -85,43 +97,44 @@ def _rows_of(keys: np.ndarray, width: int) -> np.ndarray:
     if keys.dtype == np.uint64:
         shifts = np.arange(width - 1, -1, -1, dtype=np.uint64) * np.uint64(16)
         return ((keys[:, None] >> shifts) & np.uint64(0xFFFF)).astype(np.int64)
-    return np.frombuffer(keys.tobytes(), dtype=CODE_DTYPE).reshape(-1, width).astype(np.int64)
+    return np.frombuffer(keys.tobytes(), dtype=">u2").reshape(-1, width).astype(np.int64)
 
 
-def _children_items(codes: np.ndarray) -> list[tuple[bytes, bytes]]:
-    """Return (children key, packed sorted child codes) of every prefix, in key order."""
+def _child_arrays(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """Return every node's sorted child codes (concatenated), its child counts and the nodes per level."""
     levels = codes.shape[2]
-    items = []
+    child_codes, child_counts, nodes_per_level = [], [], []
     for level in range(levels):
         # Distinct (prefix, next code) pairs, sorted by prefix and then by code.
         pairs = _rows_of(np.unique(_sort_keys(codes[:, :, : level + 1].reshape(-1, level + 1))), level + 1)
         prefixes = pairs[:, :level]
-        starts = np.flatnonzero(np.concatenate(([True], (prefixes[1:] != prefixes[:-1]).any(axis=1))))
-        ends = np.append(starts[1:], len(pairs))
-        next_codes = pairs[:, level].astype(CODE_DTYPE)
-        prefix_bytes = prefixes[starts].astype(CODE_DTYPE)
-        for row, (start, end) in enumerate(zip(starts.tolist(), ends.tolist())):
-            items.append((bytes([level]) + prefix_bytes[row].tobytes(), next_codes[start:end].tobytes()))
-    return items
+        new_prefix = np.concatenate(([True], (prefixes[1:] != prefixes[:-1]).any(axis=1))) if len(pairs) else np.empty(0, bool)
+        starts = np.flatnonzero(new_prefix)
+        child_counts.append(np.diff(np.append(starts, len(pairs))))
+        child_codes.append(pairs[:, level])
+        nodes_per_level.append(len(starts))
+    return np.concatenate(child_codes), np.concatenate(child_counts), nodes_per_level
 
 
-def _posting_items(codes: np.ndarray) -> list[tuple[bytes, bytes]]:
-    """Return (packed semantic ID, packed sorted distinct ordinals) of every ID, in key order."""
+def _posting_arrays(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Return the end of each full ID's posting list (IDs in code order) and the lists' ordinals."""
     num_videos, views, levels = codes.shape
     ids, inverse = np.unique(_sort_keys(codes.reshape(-1, levels)), return_inverse=True)
+    inverse = inverse.ravel()
     ordinals = np.repeat(np.arange(num_videos, dtype=np.int64), views)
     order = np.lexsort((ordinals, inverse))
     ids_sorted, ordinals_sorted = inverse[order], ordinals[order]
     # A video filed twice under one ID (two views with equal IDs) is listed once.
-    keep = np.concatenate(([True], (ids_sorted[1:] != ids_sorted[:-1]) | (ordinals_sorted[1:] != ordinals_sorted[:-1])))
-    ids_sorted, packed = ids_sorted[keep], ordinals_sorted[keep].astype(ORDINAL_DTYPE)
-    bounds = np.searchsorted(ids_sorted, np.arange(len(ids) + 1)).tolist()
-    raw_ids = _rows_of(ids, levels).astype(CODE_DTYPE).tobytes()
-    width = levels * CODE_DTYPE.itemsize
-    return [
-        (raw_ids[i * width : (i + 1) * width], packed[bounds[i] : bounds[i + 1]].tobytes())
-        for i in range(len(ids))
-    ]
+    keep = np.ones(len(ids_sorted), bool)
+    keep[1:] = (ids_sorted[1:] != ids_sorted[:-1]) | (ordinals_sorted[1:] != ordinals_sorted[:-1])
+    ids_sorted, ordinals_sorted = ids_sorted[keep], ordinals_sorted[keep]
+    if len(ordinals_sorted) > np.iinfo(COUNT_DTYPE).max:
+        raise InvalidInputError(
+            f"Too many postings for one trie: {len(ordinals_sorted)} (videos x views), the limit is {np.iinfo(COUNT_DTYPE).max}; "
+            "build fewer videos per index or use fewer views"
+        )
+    posting_ends = np.searchsorted(ids_sorted, np.arange(1, len(ids) + 1))
+    return posting_ends, ordinals_sorted
 
 
 @dataclass(frozen=True)
@@ -149,142 +162,207 @@ class TrieStats:
 
 
 class TrieReader:
-    """Read-only access to a trie file; safe to share between threads."""
+    """Read-only access to a trie file; safe to share between threads.
+
+    The posting lists are read through one read transaction that stays open until
+    ``close``, so their arrays point into LMDB's memory map and cost no copy.
+    """
 
     def __init__(self, path: Path) -> None:
         if not Path(path).is_file():
             raise IndexFormatError(f"Trie file not found: {path}")
+        self._path = Path(path)
         try:
             self._env = lmdb.open(str(path), subdir=False, readonly=True, lock=False, max_dbs=_MAX_DBS)
-            self._children = self._env.open_db(DB_CHILDREN, create=False)
-            self._postings = self._env.open_db(DB_POSTINGS, create=False)
-            meta_db = self._env.open_db(DB_META, create=False)
         except lmdb.Error as exc:
             raise IndexFormatError(f"Cannot open trie {path}: {exc}") from exc
-        with self._env.begin(db=meta_db) as txn:
-            meta = {k.decode(): json.loads(v) for k, v in txn.cursor()}
-        if meta.get("format_version") != TRIE_FORMAT_VERSION:
-            raise IndexFormatError(f"Trie {path} has format version {meta.get('format_version')}, expected {TRIE_FORMAT_VERSION}")
+        try:
+            self._read(path)
+        except BaseException:
+            self.close()
+            raise
+        self._entry_keys: np.ndarray | None = None
+
+    def _read(self, path: Path) -> None:
+        try:
+            meta_db = self._env.open_db(DB_META, create=False)
+            with self._env.begin(db=meta_db) as txn:
+                meta = {k.decode(): json.loads(v) for k, v in txn.cursor()}
+            if meta.get("format_version") != TRIE_FORMAT_VERSION:
+                raise IndexFormatError(
+                    f"Trie {path} has format version {meta.get('format_version')}, expected {TRIE_FORMAT_VERSION}; "
+                    "rebuild the index with this version of grdr"
+                )
+            arrays_db = self._env.open_db(DB_ARRAYS, create=False)
+            # Buffers stay valid while the transaction is open: close() ends it.
+            self._txn = self._env.begin(db=arrays_db, buffers=True)
+            values = {key: self._txn.get(key) for key in (KEY_CHILD_CODES, KEY_CHILD_COUNTS, KEY_POSTING_ENDS, KEY_ORDINALS)}
+        except lmdb.Error as exc:
+            raise IndexFormatError(f"Cannot read trie {path}: {exc}") from exc
+        missing = [key.decode() for key, value in values.items() if value is None]
+        if missing:
+            raise IndexFormatError(f"Trie {path} is missing its {', '.join(missing)} array")
         self.levels: int = meta["levels"]
         self.codebook_sizes: list[int] = meta["codebook_sizes"]
-        # At most 1 + K + ... + K^(L-1) prefixes exist whatever the corpus size, so
-        # caching every lookup stays small and makes repeated beam searches cheap.
-        self._children_cache: dict[tuple[int, ...], np.ndarray] = {}
-        self._prefix_table: PrefixTable | None = None
-        self._path = Path(path)
+        nodes_per_level: list[int] = meta["nodes_per_level"]
+        codes = _array(values[KEY_CHILD_CODES], CODE_DTYPE, path).astype(np.int64)
+        counts = _array(values[KEY_CHILD_COUNTS], COUNT_DTYPE, path).astype(np.int64)
+        self._posting_ends = _array(values[KEY_POSTING_ENDS], COUNT_DTYPE, path).astype(np.int64)
+        self.ordinals = _array(values[KEY_ORDINALS], ORDINAL_DTYPE, path)
+        self._prefix_table = _check_prefix_table(path, self.levels, nodes_per_level, codes, counts)
+        # The children of the last level's nodes are the full IDs, in code order.
+        last_level_nodes = sum(nodes_per_level[:-1])
+        self._first_leaf = int(self._prefix_table.first_child[last_level_nodes]) if len(counts) else 0
+        self._check_postings(path)
+
+    def _check_postings(self, path: Path) -> None:
+        ends = self._posting_ends
+        if len(ends) != len(self._prefix_table.codes) - self._first_leaf:
+            raise IndexFormatError(f"Trie {path} is inconsistent: {len(ends)} posting lists for {len(self._prefix_table.codes) - self._first_leaf} semantic IDs")
+        if len(ends) and (ends[-1] != len(self.ordinals) or (np.diff(ends) < 1).any() or ends[0] < 1):
+            raise IndexFormatError(f"Trie {path} is inconsistent: posting list ends are not increasing up to the {len(self.ordinals)} ordinals")
 
     def close(self) -> None:
+        txn = getattr(self, "_txn", None)
+        if txn is not None:
+            # Arrays into the map must not outlive the transaction.
+            self.ordinals = np.empty(0, ORDINAL_DTYPE)
+            txn.abort()
+            self._txn = None
         self._env.close()
+
+    def prefix_table(self) -> PrefixTable:
+        """Return every prefix and its children as flat arrays (8 bytes per child in memory)."""
+        return self._prefix_table
 
     def children(self, prefix: tuple[int, ...] | list[int]) -> np.ndarray:
         """Return the codes that may follow ``prefix`` (empty when the prefix is unknown)."""
-        # Beam search passes tuples of ints; converting those again costs more than the lookup.
-        if type(prefix) is not tuple:
-            prefix = tuple(int(c) for c in prefix)
-        cached = self._children_cache.get(prefix)
-        if cached is not None:
-            return cached
-        with self._env.begin(db=self._children, buffers=True) as txn:
-            value = txn.get(children_key(prefix))
-            codes = np.frombuffer(bytes(value), dtype=CODE_DTYPE).astype(np.int64) if value is not None else np.empty(0, np.int64)
-        codes.flags.writeable = False
-        self._children_cache[prefix] = codes
-        return codes
+        if len(prefix) >= self.levels:
+            return np.empty(0, np.int64)
+        node = 0
+        for code in prefix:
+            entry = self._entry(node, int(code))
+            if entry < 0:
+                return np.empty(0, np.int64)
+            node = entry + 1
+        table = self._prefix_table
+        if node >= len(table.child_count):  # empty trie
+            return np.empty(0, np.int64)
+        start = table.first_child[node]
+        return table.codes[start : start + table.child_count[node]]
 
-    def prefix_table(self) -> PrefixTable:
-        """Return every prefix and its children as flat arrays, read on first use and kept.
+    def leaf_indices(self, paths: np.ndarray) -> np.ndarray:
+        """Return the position in code order of each full ID of ``(n, levels)`` ``paths``, -1 where unknown."""
+        paths = np.asarray(paths, dtype=np.int64).reshape(-1, self.levels)
+        keys = self._keys()
+        if len(keys) == 0:
+            return np.full(len(paths), -1, np.int64)
+        nodes = np.zeros(len(paths), np.int64)
+        entries = np.zeros(len(paths), np.int64)
+        known = np.ones(len(paths), bool)
+        for level in range(self.levels):
+            codes = paths[:, level]
+            known &= (codes >= 0) & (codes < 1 << _CODE_BITS)
+            target = (nodes << _CODE_BITS) | np.where(known, codes, 0)
+            entries = np.minimum(np.searchsorted(keys, target), len(keys) - 1)
+            known &= keys[entries] == target
+            nodes = entries + 1
+        return np.where(known, entries - self._first_leaf, -1)
 
-        Contains one code per prefix and per distinct semantic ID: 2 bytes each in the file,
-        8 in memory (a few MB for millions of distinct IDs).
-        """
-        if self._prefix_table is None:
-            self._prefix_table = self._read_prefix_table()
-        return self._prefix_table
-
-    def _read_prefix_table(self) -> PrefixTable:
-        values: list[bytes] = []
-        nodes_per_level = [0] * self.levels
-        with self._env.begin(db=self._children, buffers=True) as txn:
-            for key, value in txn.cursor():
-                level = key[0]
-                if level >= self.levels or len(key) != 1 + level * CODE_DTYPE.itemsize:
-                    raise IndexFormatError(f"Trie {self._path} has a malformed children key {bytes(key)!r}")
-                nodes_per_level[level] += 1
-                values.append(bytes(value))
-        counts = np.array([len(v) // CODE_DTYPE.itemsize for v in values], dtype=np.int64)
-        codes = np.frombuffer(b"".join(values), dtype=CODE_DTYPE).astype(np.int64)
-        # Key order lists parents before children, so the children of level l's nodes are
-        # exactly level l+1's nodes, in order. A count mismatch means a damaged file.
-        for level in range(self.levels - 1):
-            parents = slice(sum(nodes_per_level[:level]), sum(nodes_per_level[: level + 1]))
-            if int(counts[parents].sum()) != nodes_per_level[level + 1]:
-                raise IndexFormatError(f"Trie {self._path} is inconsistent: level {level} lists children that have no entry")
-        if len(values) and (counts < 1).any():
-            raise IndexFormatError(f"Trie {self._path} has a prefix without children")
-        return PrefixTable(
-            codes=codes,
-            first_child=np.cumsum(counts) - counts,
-            child_count=counts,
-            nodes_per_level=nodes_per_level,
-        )
-
-    def iter_postings(self, semantic_ids: Iterable[bytes], limit: int | None = None) -> Iterator[np.ndarray]:
-        """Yield the ordinal list of each packed semantic ID (see ``pack_codes``), all in one read transaction.
-
-        Like ``postings``, each list is ascending, empty for an unknown ID and cut to
-        ``limit`` before it is copied out of the memory map. Close the generator (or
-        exhaust it) to end the transaction.
-        """
-        with self._env.begin(db=self._postings, buffers=True) as txn:
-            for key in semantic_ids:
-                value = txn.get(key)
-                if value is None:
-                    yield np.empty(0, np.int64)
-                else:
-                    yield np.frombuffer(value, dtype=ORDINAL_DTYPE)[:limit].astype(np.int64)
-
-    def iter_posting_bytes(self, semantic_ids: Iterable[bytes], limit: int) -> Iterator[bytes]:
-        """Yield the raw ordinal list (``ORDINAL_DTYPE``) of each packed semantic ID, cut to ``limit`` ordinals.
-
-        Like ``iter_postings``, but each list is one copied ``bytes`` object, which costs
-        less than an array per list when the caller joins them. An unknown ID yields b"".
-        """
-        size = limit * ORDINAL_DTYPE.itemsize
-        with self._env.begin(db=self._postings, buffers=True) as txn:
-            for key in semantic_ids:
-                value = txn.get(key)
-                yield b"" if value is None else bytes(value[:size])
+    def posting_ranges(self, leaves: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Return where in ``ordinals`` the posting list of each of ``leaves`` (from ``leaf_indices``) starts and ends."""
+        leaves = np.asarray(leaves, dtype=np.int64)
+        ends = self._posting_ends[leaves]
+        starts = np.where(leaves > 0, self._posting_ends[np.maximum(leaves - 1, 0)], 0)
+        return starts, ends
 
     def postings(self, semantic_id: tuple[int, ...] | list[int], limit: int | None = None) -> np.ndarray:
-        """Return the ordinals filed under a full semantic ID (empty when unknown), ascending.
+        """Return the ordinals filed under a full semantic ID (empty when unknown), ascending, at most ``limit``."""
+        if len(semantic_id) != self.levels:
+            return np.empty(0, np.int64)
+        (leaf,) = self.leaf_indices(np.array([semantic_id], dtype=np.int64)).tolist()
+        if leaf < 0:
+            return np.empty(0, np.int64)
+        starts, ends = self.posting_ranges(np.array([leaf]))
+        stop = int(ends[0]) if limit is None else min(int(ends[0]), int(starts[0]) + limit)
+        return self.ordinals[int(starts[0]) : stop].astype(np.int64)
 
-        With ``limit``, return only the first ``limit`` of them; only those are copied out
-        of the memory map, which matters for lists of many thousand videos.
-        """
-        with self._env.begin(db=self._postings, buffers=True) as txn:
-            value = txn.get(pack_codes(semantic_id))
-            if value is None:
-                return np.empty(0, np.int64)
-            # astype copies, so the result does not point into the map after the transaction ends.
-            return np.frombuffer(value, dtype=ORDINAL_DTYPE)[:limit].astype(np.int64)
+    def semantic_ids(self) -> np.ndarray:
+        """Return every full semantic ID, ``(ids, levels)`` int64 in code order."""
+        table = self._prefix_table
+        parents = np.repeat(np.arange(len(table.child_count)), table.child_count)
+        columns = [table.codes[self._first_leaf :]]
+        nodes = parents[self._first_leaf :]
+        for _ in range(self.levels - 1):
+            # Node n is the child at position n - 1 of the child list.
+            columns.append(table.codes[nodes - 1])
+            nodes = parents[nodes - 1]
+        return np.stack(columns[::-1], axis=1) if len(columns[0]) else np.empty((0, self.levels), np.int64)
+
+    def iter_postings(self) -> Iterator[tuple[tuple[int, ...], np.ndarray]]:
+        """Yield every full semantic ID in code order with its ordinals."""
+        starts = np.concatenate(([0], self._posting_ends[:-1]))
+        for semantic_id, start, end in zip(self.semantic_ids().tolist(), starts.tolist(), self._posting_ends.tolist()):
+            yield tuple(semantic_id), self.ordinals[start:end].astype(np.int64)
 
     def stats(self) -> TrieStats:
-        """Return statistics over all postings, reading the whole postings database."""
-        used: list[set[int]] = [set() for _ in range(self.levels)]
-        distinct = 0
-        largest = 0
-        total = 0
-        with self._env.begin(db=self._postings, buffers=True) as txn:
-            for key, value in txn.cursor():
-                distinct += 1
-                size = len(value) // ORDINAL_DTYPE.itemsize
-                largest = max(largest, size)
-                total += size
-                for level, code in enumerate(np.frombuffer(bytes(key), dtype=CODE_DTYPE)):
-                    used[level].add(int(code))
+        """Return statistics over all postings."""
+        table = self._prefix_table
+        sizes = np.diff(np.concatenate(([0], self._posting_ends)))
+        used = []
+        boundaries = np.cumsum([0] + table.nodes_per_level)
+        for level in range(self.levels):
+            first, last = boundaries[level], boundaries[level + 1]
+            if last > first:
+                start, stop = table.first_child[first], table.first_child[last - 1] + table.child_count[last - 1]
+                used.append(len(np.unique(table.codes[start:stop])))
+            else:
+                used.append(0)
         return TrieStats(
-            distinct_ids=distinct,
-            largest_posting=largest,
-            mean_posting=total / distinct if distinct else 0.0,
-            codes_used_per_level=[len(u) for u in used],
+            distinct_ids=len(sizes),
+            largest_posting=int(sizes.max()) if len(sizes) else 0,
+            mean_posting=float(sizes.mean()) if len(sizes) else 0.0,
+            codes_used_per_level=used,
         )
+
+    def _keys(self) -> np.ndarray:
+        """Return ``(node << 16) | code`` of every child-list entry, ascending."""
+        if self._entry_keys is None:
+            table = self._prefix_table
+            parents = np.repeat(np.arange(len(table.child_count)), table.child_count)
+            self._entry_keys = (parents << _CODE_BITS) | table.codes
+        return self._entry_keys
+
+    def _entry(self, node: int, code: int) -> int:
+        if not 0 <= code < 1 << _CODE_BITS:
+            return -1
+        keys = self._keys()
+        target = (node << _CODE_BITS) | code
+        entry = int(np.searchsorted(keys, target))
+        return entry if entry < len(keys) and keys[entry] == target else -1
+
+
+def _array(buffer: memoryview, dtype: np.dtype, path: Path) -> np.ndarray:
+    """View an LMDB value as an array, copied only when the map does not align it for ``dtype``."""
+    if len(buffer) % dtype.itemsize:
+        raise IndexFormatError(f"Trie {path} has an array of {len(buffer)} bytes, not a multiple of {dtype.itemsize}")
+    array = np.frombuffer(buffer, dtype=dtype)
+    return array if array.flags.aligned else array.copy()
+
+
+def _check_prefix_table(path: Path, levels: int, nodes_per_level: list[int], codes: np.ndarray, counts: np.ndarray) -> PrefixTable:
+    if len(nodes_per_level) != levels or len(counts) != sum(nodes_per_level) or int(counts.sum()) != len(codes):
+        raise IndexFormatError(f"Trie {path} is inconsistent: {len(counts)} nodes and {len(codes)} children for nodes per level {nodes_per_level}")
+    if len(counts) and (counts < 1).any():
+        raise IndexFormatError(f"Trie {path} has a prefix without children")
+    first_child = np.cumsum(counts) - counts
+    boundaries = np.cumsum([0] + nodes_per_level)
+    # Key order lists parents before children, so the children of level l's nodes are
+    # exactly level l+1's nodes, in order.
+    for level in range(levels - 1):
+        if int(counts[boundaries[level] : boundaries[level + 1]].sum()) != nodes_per_level[level + 1]:
+            raise IndexFormatError(f"Trie {path} is inconsistent: level {level} lists children that have no entry")
+    parents = np.repeat(np.arange(len(counts)), counts)
+    if np.any((codes[1:] <= codes[:-1]) & (parents[1:] == parents[:-1])):
+        raise IndexFormatError(f"Trie {path} has a child list that is not sorted and distinct")
+    return PrefixTable(codes=codes, first_child=first_child, child_count=counts, nodes_per_level=list(nodes_per_level))

@@ -28,7 +28,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-INDEX_FORMAT_VERSION = 1
+# Version 2 stores the trie as flat arrays (grdr_schemas.trie, format 2).
+INDEX_FORMAT_VERSION = 2
 # In an index of precomputed embeddings, the encoder checksum in ``index.json`` is this
 # prefix plus the encoder name given at build time. Such an index has no text encoder.
 PRECOMPUTED_PREFIX = "precomputed:"

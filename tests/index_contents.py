@@ -10,12 +10,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-import lmdb
 import numpy as np
 
 from grdr_core.index import open_index
 from grdr_core.manifest import read_manifest
-from grdr_schemas.trie import CODE_DTYPE, DB_CHILDREN, DB_META, DB_POSTINGS, ORDINAL_DTYPE
+from grdr_core.trie import TrieReader
 
 
 def index_contents(index_dir: Path) -> dict[str, Any]:
@@ -34,20 +33,23 @@ def index_contents(index_dir: Path) -> dict[str, Any]:
     finally:
         index.close()
 
-    env = lmdb.open(str(root / "trie.lmdb"), subdir=False, readonly=True, lock=False, max_dbs=4)
+    trie = TrieReader(root / "trie.lmdb")
     try:
-        tables = {}
-        for name in (DB_CHILDREN, DB_POSTINGS, DB_META):
-            with env.begin(db=env.open_db(name, create=False)) as txn:
-                tables[name.decode()] = dict(txn.cursor())
+        postings = {semantic_id: ordinals.tolist() for semantic_id, ordinals in trie.iter_postings()}
+        prefix_table = trie.prefix_table()
+        tables = {
+            "postings": postings,
+            "child_codes": prefix_table.codes.tolist(),
+            "child_counts": prefix_table.child_count.tolist(),
+            "codebook_sizes": trie.codebook_sizes,
+        }
     finally:
-        env.close()
+        trie.close()
 
     semantic_ids: dict[str, set[tuple[int, ...]]] = {video_id: set() for video_id in ids}
-    for key, value in tables["postings"].items():
-        code = tuple(int(c) for c in np.frombuffer(key, dtype=CODE_DTYPE))
-        for ordinal in np.frombuffer(value, dtype=ORDINAL_DTYPE):
-            semantic_ids[ids[int(ordinal)]].add(code)
+    for semantic_id, ordinals in postings.items():
+        for ordinal in ordinals:
+            semantic_ids[ids[ordinal]].add(semantic_id)
     return {
         "manifest": manifest,
         "embeddings": embeddings,

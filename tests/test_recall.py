@@ -10,7 +10,7 @@ import pytest
 from grdr_core.errors import IndexFormatError, InvalidInputError
 from grdr_core.recall import beam_search, beam_search_numpy, candidates_from_ids, candidates_from_ids_numpy, recall_pools
 from grdr_core.retriever_runtime import RetrieverRuntime
-from grdr_core.trie import TrieReader, children_key, write_trie
+from grdr_core.trie import TrieReader, write_trie
 
 
 def _runtime(levels=2, codes=4, seed=0):
@@ -196,10 +196,15 @@ def test_first_occurrences_kernel_matches_numpy():
     rng = np.random.default_rng(5)
     for size, high in ((0, 5), (1, 5), (50, 10), (1000, 300), (5000, 1 << 31)):
         ordinals = rng.integers(0, high, size=size).astype("<u4")
-        _, first = np.unique(ordinals, return_index=True)
-        expected = ordinals[np.sort(first)].astype(np.int64)
+        # Overlapping, empty and repeated ranges, in an order unlike the array's.
+        cuts = np.sort(rng.integers(0, size + 1, size=12))
+        starts = np.concatenate((cuts[6:], cuts[:6], [0]))
+        ends = np.concatenate((np.minimum(cuts[6:] + 40, size), cuts[:6], [size]))
+        chained = np.concatenate([ordinals[a:b] for a, b in zip(starts, ends)])
+        _, first = np.unique(chained, return_index=True)
+        expected = chained[np.sort(first)].astype(np.int64)
         for limit in (1, 7, 300, 10_000):
-            np.testing.assert_array_equal(kernels.first_occurrences(ordinals, limit), expected[:limit])
+            np.testing.assert_array_equal(kernels.first_occurrences_in_ranges(ordinals, starts, ends, limit), expected[:limit])
 
 
 def test_trie_codes_outside_the_codebook_raise(tmp_path):
@@ -224,7 +229,7 @@ import logging, sys
 import numpy as np
 logging.basicConfig(level=logging.WARNING, stream=sys.stdout)
 from grdr_core import recall_kernels
-print(recall_kernels.first_occurrences(np.array([3, 1, 3, 2], dtype="<u4"), 10).tolist())
+print(recall_kernels.first_occurrences_in_ranges(np.array([3, 1, 3, 2], dtype="<u4"), np.array([0]), np.array([4]), 10).tolist())
 """
 
 
@@ -238,8 +243,8 @@ def test_kernels_cache_in_numba_cache_dir(tmp_path):
     pytest.importorskip("numba")
     output = _run_cache_probe({"NUMBA_CACHE_DIR": str(tmp_path)})
     assert "[3, 1, 2]" in output
-    assert list(tmp_path.rglob("recall_kernels.first_occurrences*.nbi"))
-    assert list(tmp_path.rglob("recall_kernels.first_occurrences*.nbc"))
+    assert list(tmp_path.rglob("recall_kernels.first_occurrences_in_ranges*.nbi"))
+    assert list(tmp_path.rglob("recall_kernels.first_occurrences_in_ranges*.nbc"))
 
 
 def test_kernels_compile_without_a_writable_cache():
@@ -258,15 +263,3 @@ def test_prefix_table_lists_children_by_node(trie):
     assert table.codes.tolist() == [0, 1, 2, 3, 0, 1, 2, 3, 3]
     assert table.child_count.tolist() == [4, 2, 1, 1, 1]
     assert table.first_child.tolist() == [0, 4, 6, 7, 8]
-
-
-def test_trie_with_missing_prefix_entry_is_rejected(tmp_path):
-    import lmdb
-
-    write_trie(tmp_path / "t.lmdb", np.array([[[0, 1]], [[2, 3]]], dtype=np.uint16), [4, 4])
-    env = lmdb.open(str(tmp_path / "t.lmdb"), subdir=False, max_dbs=3, lock=False)
-    with env.begin(write=True) as txn:
-        txn.delete(children_key((2,)), db=env.open_db(b"children", txn=txn))
-    env.close()
-    with pytest.raises(IndexFormatError, match="inconsistent"):
-        TrieReader(tmp_path / "t.lmdb").prefix_table()

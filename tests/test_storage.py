@@ -11,6 +11,7 @@ from grdr_core.quantize import QuantizerConfig, ResidualKMeansTokenizer, effecti
 from grdr_core.search import exact_dense_search
 from grdr_core.shards import ShardReader, ShardWriter
 from grdr_core.trie import TrieReader, write_trie
+from grdr_schemas.trie import COUNT_DTYPE, DB_ARRAYS, DB_META, KEY_CHILD_COUNTS, KEY_ORDINALS, KEY_POSTING_ENDS
 from grdr_schemas.shards import SHARD_DTYPE
 
 
@@ -238,3 +239,58 @@ def test_trie_matches_reference_contents(tmp_path, shape, codes_per_level):
 def test_trie_rejects_codes_out_of_range(tmp_path):
     with pytest.raises(InvalidInputError, match=r"Codes must lie in \[0, 65535\]"):
         write_trie(tmp_path / "t.lmdb", np.array([[[0, 65536]]], dtype=np.int64), [4, 70000])
+
+
+def _rewrite_trie_value(path, db_name, key, value):
+    """Replace (or, with ``value`` None, delete) one value of a written trie, as damage would."""
+    import lmdb
+
+    env = lmdb.open(str(path), subdir=False, max_dbs=2, lock=False)
+    with env.begin(write=True) as txn:
+        db = env.open_db(db_name, txn=txn)
+        if value is None:
+            txn.delete(key, db=db)
+        else:
+            txn.put(key, value, db=db)
+    env.close()
+
+
+@pytest.mark.parametrize(
+    "db_name, key, value, message",
+    [
+        (DB_ARRAYS, KEY_CHILD_COUNTS, np.array([2, 1, 2, 1], COUNT_DTYPE).tobytes(), "inconsistent"),
+        (DB_ARRAYS, KEY_CHILD_COUNTS, np.array([2, 1, 1, 0, 2], COUNT_DTYPE).tobytes(), "inconsistent|without children"),
+        (DB_ARRAYS, KEY_POSTING_ENDS, np.array([1, 2], COUNT_DTYPE).tobytes(), "2 posting lists for 3 semantic IDs"),
+        (DB_ARRAYS, KEY_POSTING_ENDS, np.array([1, 1, 3], COUNT_DTYPE).tobytes(), "not increasing"),
+        (DB_ARRAYS, KEY_ORDINALS, b"\x00\x00\x00", "not a multiple of 4"),
+        (DB_ARRAYS, KEY_ORDINALS, None, "missing its ordinals array"),
+        (DB_META, b"format_version", b"1", "format version 1, expected 2; rebuild"),
+    ],
+)
+def test_damaged_trie_is_rejected(tmp_path, db_name, key, value, message):
+    path = tmp_path / "t.lmdb"
+    write_trie(path, np.array([[[0, 1]], [[2, 3]], [[2, 1]]], dtype=np.uint16), [4, 4])
+    _rewrite_trie_value(path, db_name, key, value)
+    with pytest.raises(IndexFormatError, match=message):
+        TrieReader(path)
+
+
+def test_trie_leaf_indices_follow_code_order(tmp_path):
+    write_trie(tmp_path / "t.lmdb", np.array([[[2, 3]], [[0, 1]], [[2, 1]]], dtype=np.uint16), [4, 4])
+    trie = TrieReader(tmp_path / "t.lmdb")
+    paths = np.array([[0, 1], [2, 1], [2, 3], [2, 2], [5, 1], [-1, 0], [70000, 1]])
+    assert trie.leaf_indices(paths).tolist() == [0, 1, 2, -1, -1, -1, -1]
+    assert trie.semantic_ids().tolist() == [[0, 1], [2, 1], [2, 3]]
+    assert [(semantic_id, ordinals.tolist()) for semantic_id, ordinals in trie.iter_postings()] == [((0, 1), [1]), ((2, 1), [2]), ((2, 3), [0])]
+    trie.close()
+    assert len(trie.ordinals) == 0
+
+
+def test_empty_trie_has_no_ids(tmp_path):
+    write_trie(tmp_path / "t.lmdb", np.empty((0, 2, 3), dtype=np.uint16), [4, 4, 4])
+    trie = TrieReader(tmp_path / "t.lmdb")
+    assert trie.children(()).tolist() == []
+    assert trie.postings((0, 0, 0)).tolist() == []
+    assert trie.leaf_indices(np.zeros((2, 3))).tolist() == [-1, -1]
+    assert trie.stats().distinct_ids == 0
+    assert trie.semantic_ids().shape == (0, 3)

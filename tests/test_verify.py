@@ -23,6 +23,7 @@ from grdr_core.index import open_index
 from grdr_core.lmdb_write import write_sorted_tables
 from grdr_core.manifest import read_manifest
 from grdr_core.quantize import QuantizerConfig
+from grdr_schemas.index import INDEX_FORMAT_VERSION
 from grdr_core.testing.videos import write_test_video
 from grdr_core.verify import verify_index
 from grdr_core.versions import resolve_version
@@ -177,7 +178,7 @@ def test_search_on_damaged_index_prints_one_line(index_copy):
     assert "trie.lmdb: corrupted" in last
 
 
-@pytest.mark.parametrize("content", ["{", "[]", '{"format_version": 1}'])
+@pytest.mark.parametrize("content", ["{", "[]", f'{{"format_version": {INDEX_FORMAT_VERSION}}}'])
 def test_invalid_header_is_named(index_copy, content):
     (resolve_version(index_copy) / "index.json").write_text(content)
 
