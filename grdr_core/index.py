@@ -153,6 +153,9 @@ def open_index_version(root: Path, version_dir: Path) -> Index:
     shards = ShardReader(layout.shards_dir, store["count"], store["dim"], store["records_per_shard"])
     trie = TrieReader(layout.trie)
     try:
+        largest = trie.max_ordinal()
+        if largest >= store["count"]:
+            raise IndexFormatError(f"Trie {layout.trie} files video ordinal {largest}, but the index stores {store['count']} embeddings")
         video_ids, uris = _read_ordinal_map(layout, store["count"])
     except BaseException:
         trie.close()  # LMDB refuses a second open of the same file while this one lives

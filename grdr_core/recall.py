@@ -9,7 +9,6 @@ compare with, and the fallback when numba is not installed.
 from __future__ import annotations
 
 import logging
-from contextlib import closing
 from dataclasses import dataclass
 from types import ModuleType
 
@@ -56,7 +55,7 @@ def candidates_from_ids(trie: TrieReader, decoded: list[DecodedId], max_candidat
     """Union the posting lists of ``decoded`` IDs in beam order, without duplicates, capped."""
     if max_candidates < 1:
         raise InvalidInputError(f"max_candidates must be >= 1, got {max_candidates}")
-    paths = np.array([d.codes for d in decoded], dtype=np.int64).reshape(len(decoded), trie.levels)
+    paths = _paths_of(decoded, trie.levels)
     return _pool(trie, paths, max_candidates, load_kernels())
 
 
@@ -130,33 +129,7 @@ def _decode(runtime: RetrieverRuntime, trie: TrieReader, queries: np.ndarray, be
 
 def _pool(trie: TrieReader, paths: np.ndarray, max_candidates: int, kernels: ModuleType | None) -> np.ndarray:
     """Union the posting lists of the ``(n, levels)`` IDs in ``paths`` in row order, without duplicates, capped."""
-    leaves = trie.leaf_indices(paths)
-    starts, ends = trie.posting_ranges(leaves[leaves >= 0])
-    if kernels is not None:
-        return kernels.first_occurrences_in_ranges(trie.ordinals, starts, ends, max_candidates)
-    return _first_occurrences_in_ranges(trie.ordinals, starts, ends, max_candidates)
-
-
-def _first_occurrences_in_ranges(ordinals: np.ndarray, starts: np.ndarray, ends: np.ndarray, limit: int) -> np.ndarray:
-    """Return the first ``limit`` distinct values of ``ordinals[starts[i]:ends[i]]``, range after range."""
-    # A posting list has no duplicates, so its first ``limit`` ordinals include all that
-    # the cap can still admit. Duplicates are removed only once the lists read so far
-    # could fill the pool, which in a large corpus is often after the first list.
-    ends = np.minimum(ends, starts + limit)
-    pool = np.empty(0, np.int64)
-    pending: list[np.ndarray] = []
-    pending_count = 0
-    for start, end in zip(starts.tolist(), ends.tolist()):
-        pending.append(ordinals[start:end])
-        pending_count += end - start
-        if len(pool) + pending_count >= limit:
-            pool = _first_occurrences(np.concatenate([pool, *pending]).astype(np.int64))
-            pending, pending_count = [], 0
-            if len(pool) >= limit:
-                break
-    if pending:
-        pool = _first_occurrences(np.concatenate([pool, *pending]).astype(np.int64))
-    return pool[:limit]
+    return trie.pool(paths, max_candidates, kernels.first_occurrences_in_ranges if kernels is not None else None)
 
 
 def beam_search_numpy(runtime: RetrieverRuntime, trie: TrieReader, queries: np.ndarray, beam: int) -> list[list[DecodedId]]:
@@ -256,11 +229,10 @@ def candidates_from_ids_numpy(trie: TrieReader, decoded: list[DecodedId], max_ca
     """Return what ``candidates_from_ids`` returns, deduplicating with NumPy."""
     if max_candidates < 1:
         raise InvalidInputError(f"max_candidates must be >= 1, got {max_candidates}")
-    paths = np.array([d.codes for d in decoded], dtype=np.int64).reshape(len(decoded), trie.levels)
+    paths = _paths_of(decoded, trie.levels)
     return _pool(trie, paths, max_candidates, None)
 
 
-def _first_occurrences(ordinals: np.ndarray) -> np.ndarray:
-    """Drop repeated ordinals, keeping each one's first position."""
-    _, first = np.unique(ordinals, return_index=True)
-    return ordinals[np.sort(first)]
+def _paths_of(decoded: list[DecodedId], levels: int) -> np.ndarray:
+    """Return the codes of ``decoded`` IDs as an ``(n, levels)`` array; ``TrieReader.pool`` rejects other widths."""
+    return np.array([d.codes for d in decoded], dtype=np.int64) if decoded else np.empty((0, levels), np.int64)

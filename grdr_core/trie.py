@@ -1,15 +1,18 @@
 """Semantic-ID trie in LMDB: allowed next codes per prefix and posting lists per full ID.
 
 The file stores flat arrays (see ``grdr_schemas.trie``). ``TrieReader`` keeps the child
-lists in memory as a ``PrefixTable`` and reads the posting lists through LMDB's memory
-map without copying them.
+lists and posting-list ends in memory and reads the ordinals of the posting lists
+through LMDB's memory map, without a copy when LMDB stores them aligned (any trie large
+enough for LMDB's overflow pages).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,10 +42,10 @@ _CODE_BITS = 16
 
 
 def write_trie(path: Path, codes: np.ndarray, codebook_sizes: list[int]) -> None:
-    """Write the trie of ``codes``, an ``(n, views, levels)`` array indexed by ordinal.
+    """Write the trie of ``codes``, an ``(n, views, levels)`` array indexed by ordinal, to a new file.
 
     The arrays depend on the codes only and are written by one writer in one
-    transaction, so the same codes always give a byte-identical file.
+    transaction, so the same codes and codebook sizes give a byte-identical file.
     """
     codes = np.asarray(codes)
     if codes.ndim != 3:
@@ -130,7 +133,7 @@ def _posting_arrays(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     ids_sorted, ordinals_sorted = ids_sorted[keep], ordinals_sorted[keep]
     if len(ordinals_sorted) > np.iinfo(COUNT_DTYPE).max:
         raise InvalidInputError(
-            f"Too many postings for one trie: {len(ordinals_sorted)} (videos x views), the limit is {np.iinfo(COUNT_DTYPE).max}; "
+            f"Too many postings for one trie: {len(ordinals_sorted)} distinct (semantic ID, video) pairs, the limit is {np.iinfo(COUNT_DTYPE).max}; "
             "build fewer videos per index or use fewer views"
         )
     posting_ends = np.searchsorted(ids_sorted, np.arange(1, len(ids) + 1))
@@ -164,14 +167,20 @@ class TrieStats:
 class TrieReader:
     """Read-only access to a trie file; safe to share between threads.
 
-    The posting lists are read through one read transaction that stays open until
-    ``close``, so their arrays point into LMDB's memory map and cost no copy.
+    The ordinals of the posting lists are read through one read transaction that stays
+    open until ``close``. Every array this class returns is a copy, and ``close`` waits
+    for the lookups in progress in other threads, so none reads the map after it is gone.
     """
 
     def __init__(self, path: Path) -> None:
         if not Path(path).is_file():
             raise IndexFormatError(f"Trie file not found: {path}")
         self._path = Path(path)
+        self._lock = threading.Lock()
+        self._readers = 0  # lookups in progress that read the memory map
+        self._closed = False
+        self._txn: lmdb.Transaction | None = None
+        self._entry_keys: np.ndarray | None = None
         try:
             self._env = lmdb.open(str(path), subdir=False, readonly=True, lock=False, max_dbs=_MAX_DBS)
         except lmdb.Error as exc:
@@ -181,7 +190,6 @@ class TrieReader:
         except BaseException:
             self.close()
             raise
-        self._entry_keys: np.ndarray | None = None
 
     def _read(self, path: Path) -> None:
         try:
@@ -194,21 +202,26 @@ class TrieReader:
                     "rebuild the index with this version of grdr"
                 )
             arrays_db = self._env.open_db(DB_ARRAYS, create=False)
-            # Buffers stay valid while the transaction is open: close() ends it.
+            # Buffers stay valid while the transaction is open, and close() ends it.
             self._txn = self._env.begin(db=arrays_db, buffers=True)
             values = {key: self._txn.get(key) for key in (KEY_CHILD_CODES, KEY_CHILD_COUNTS, KEY_POSTING_ENDS, KEY_ORDINALS)}
         except lmdb.Error as exc:
             raise IndexFormatError(f"Cannot read trie {path}: {exc}") from exc
+        except ValueError as exc:  # JSON or UTF-8 decoding
+            raise IndexFormatError(f"Trie {path} has unreadable metadata: {exc}") from exc
         missing = [key.decode() for key, value in values.items() if value is None]
+        missing += [key for key in ("levels", "codebook_sizes", "nodes_per_level") if key not in meta]
         if missing:
-            raise IndexFormatError(f"Trie {path} is missing its {', '.join(missing)} array")
-        self.levels: int = meta["levels"]
+            raise IndexFormatError(f"Trie {path} is missing its {', '.join(missing)}")
+        levels, nodes_per_level = meta["levels"], meta["nodes_per_level"]
+        if not _is_int(levels) or levels < 1 or not isinstance(nodes_per_level, list) or not all(_is_int(n) and n >= 0 for n in nodes_per_level):
+            raise IndexFormatError(f"Trie {path} has invalid metadata: levels {levels!r}, nodes per level {nodes_per_level!r}")
+        self.levels: int = levels
         self.codebook_sizes: list[int] = meta["codebook_sizes"]
-        nodes_per_level: list[int] = meta["nodes_per_level"]
         codes = _array(values[KEY_CHILD_CODES], CODE_DTYPE, path).astype(np.int64)
         counts = _array(values[KEY_CHILD_COUNTS], COUNT_DTYPE, path).astype(np.int64)
         self._posting_ends = _array(values[KEY_POSTING_ENDS], COUNT_DTYPE, path).astype(np.int64)
-        self.ordinals = _array(values[KEY_ORDINALS], ORDINAL_DTYPE, path)
+        self._ordinals = _array(values[KEY_ORDINALS], ORDINAL_DTYPE, path)
         self._prefix_table = _check_prefix_table(path, self.levels, nodes_per_level, codes, counts)
         # The children of the last level's nodes are the full IDs, in code order.
         last_level_nodes = sum(nodes_per_level[:-1])
@@ -219,20 +232,44 @@ class TrieReader:
         ends = self._posting_ends
         if len(ends) != len(self._prefix_table.codes) - self._first_leaf:
             raise IndexFormatError(f"Trie {path} is inconsistent: {len(ends)} posting lists for {len(self._prefix_table.codes) - self._first_leaf} semantic IDs")
-        if len(ends) and (ends[-1] != len(self.ordinals) or (np.diff(ends) < 1).any() or ends[0] < 1):
-            raise IndexFormatError(f"Trie {path} is inconsistent: posting list ends are not increasing up to the {len(self.ordinals)} ordinals")
+        if len(ends) and (ends[-1] != len(self._ordinals) or (np.diff(ends) < 1).any() or ends[0] < 1):
+            raise IndexFormatError(f"Trie {path} is inconsistent: posting list ends are not increasing up to the {len(self._ordinals)} ordinals")
 
     def close(self) -> None:
-        txn = getattr(self, "_txn", None)
-        if txn is not None:
-            # Arrays into the map must not outlive the transaction.
-            self.ordinals = np.empty(0, ORDINAL_DTYPE)
-            txn.abort()
+        """Close the file once the lookups in progress in other threads finish; later lookups raise."""
+        with self._lock:
+            self._closed = True
+            if self._readers:
+                return  # the last of them releases the map
+        self._release()
+
+    def _release(self) -> None:
+        self._ordinals = np.empty(0, ORDINAL_DTYPE)
+        if self._txn is not None:
+            self._txn.abort()
             self._txn = None
-        self._env.close()
+        env = getattr(self, "_env", None)
+        if env is not None:
+            env.close()
+
+    @contextmanager
+    def _mapped(self) -> Iterator[np.ndarray]:
+        """Yield the ordinals array, which points into the memory map, keeping the map open meanwhile."""
+        with self._lock:
+            if self._closed:
+                raise InvalidInputError(f"Trie {self._path} is closed")
+            self._readers += 1
+        try:
+            yield self._ordinals
+        finally:
+            with self._lock:
+                self._readers -= 1
+                release = self._closed and self._readers == 0
+            if release:
+                self._release()
 
     def prefix_table(self) -> PrefixTable:
-        """Return every prefix and its children as flat arrays (8 bytes per child in memory)."""
+        """Return every prefix and its children as flat arrays, kept in memory from the open on."""
         return self._prefix_table
 
     def children(self, prefix: tuple[int, ...] | list[int]) -> np.ndarray:
@@ -253,7 +290,9 @@ class TrieReader:
 
     def leaf_indices(self, paths: np.ndarray) -> np.ndarray:
         """Return the position in code order of each full ID of ``(n, levels)`` ``paths``, -1 where unknown."""
-        paths = np.asarray(paths, dtype=np.int64).reshape(-1, self.levels)
+        paths = np.asarray(paths, dtype=np.int64)
+        if paths.ndim != 2 or paths.shape[1] != self.levels:
+            raise InvalidInputError(f"Expected semantic IDs of shape (n, {self.levels}), got {paths.shape}")
         keys = self._keys()
         if len(keys) == 0:
             return np.full(len(paths), -1, np.int64)
@@ -269,12 +308,20 @@ class TrieReader:
             nodes = entries + 1
         return np.where(known, entries - self._first_leaf, -1)
 
-    def posting_ranges(self, leaves: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Return where in ``ordinals`` the posting list of each of ``leaves`` (from ``leaf_indices``) starts and ends."""
-        leaves = np.asarray(leaves, dtype=np.int64)
+    def pool(self, paths: np.ndarray, limit: int, kernel: Callable[..., np.ndarray] | None = None) -> np.ndarray:
+        """Return the union of the posting lists of ``(n, levels)`` ``paths`` in row order, without duplicates, cut to ``limit``.
+
+        Unknown IDs add nothing. ``kernel`` is ``recall_kernels.first_occurrences_in_ranges``;
+        without it the union is taken with NumPy.
+        """
+        leaves = self.leaf_indices(paths)
+        leaves = leaves[leaves >= 0]
         ends = self._posting_ends[leaves]
         starts = np.where(leaves > 0, self._posting_ends[np.maximum(leaves - 1, 0)], 0)
-        return starts, ends
+        with self._mapped() as ordinals:
+            if kernel is not None:
+                return kernel(ordinals, starts, ends, limit)
+            return _first_occurrences_in_ranges(ordinals, starts, ends, limit)
 
     def postings(self, semantic_id: tuple[int, ...] | list[int], limit: int | None = None) -> np.ndarray:
         """Return the ordinals filed under a full semantic ID (empty when unknown), ascending, at most ``limit``."""
@@ -283,9 +330,15 @@ class TrieReader:
         (leaf,) = self.leaf_indices(np.array([semantic_id], dtype=np.int64)).tolist()
         if leaf < 0:
             return np.empty(0, np.int64)
-        starts, ends = self.posting_ranges(np.array([leaf]))
-        stop = int(ends[0]) if limit is None else min(int(ends[0]), int(starts[0]) + limit)
-        return self.ordinals[int(starts[0]) : stop].astype(np.int64)
+        start = int(self._posting_ends[leaf - 1]) if leaf else 0
+        end = int(self._posting_ends[leaf]) if limit is None else min(int(self._posting_ends[leaf]), start + limit)
+        with self._mapped() as ordinals:
+            return ordinals[start:end].astype(np.int64)
+
+    def max_ordinal(self) -> int:
+        """Return the largest ordinal in any posting list, -1 for an empty trie."""
+        with self._mapped() as ordinals:
+            return int(ordinals.max()) if len(ordinals) else -1
 
     def semantic_ids(self) -> np.ndarray:
         """Return every full semantic ID, ``(ids, levels)`` int64 in code order."""
@@ -302,8 +355,10 @@ class TrieReader:
     def iter_postings(self) -> Iterator[tuple[tuple[int, ...], np.ndarray]]:
         """Yield every full semantic ID in code order with its ordinals."""
         starts = np.concatenate(([0], self._posting_ends[:-1]))
+        with self._mapped() as ordinals:
+            copied = ordinals.astype(np.int64)
         for semantic_id, start, end in zip(self.semantic_ids().tolist(), starts.tolist(), self._posting_ends.tolist()):
-            yield tuple(semantic_id), self.ordinals[start:end].astype(np.int64)
+            yield tuple(semantic_id), copied[start:end]
 
     def stats(self) -> TrieStats:
         """Return statistics over all postings."""
@@ -342,6 +397,39 @@ class TrieReader:
         return entry if entry < len(keys) and keys[entry] == target else -1
 
 
+def _first_occurrences_in_ranges(ordinals: np.ndarray, starts: np.ndarray, ends: np.ndarray, limit: int) -> np.ndarray:
+    """Return the first ``limit`` distinct values of ``ordinals[starts[i]:ends[i]]``, range after range."""
+    # A posting list has no duplicates (the writer removes them, and the index checksum
+    # covers the file), so its first ``limit`` ordinals include all that the cap can still
+    # admit. Duplicates are removed only once the lists read so far could fill the pool,
+    # which in a large corpus is often after the first list.
+    ends = np.minimum(ends, starts + limit)
+    pool = np.empty(0, np.int64)
+    pending: list[np.ndarray] = []
+    pending_count = 0
+    for start, end in zip(starts.tolist(), ends.tolist()):
+        pending.append(ordinals[start:end])
+        pending_count += end - start
+        if len(pool) + pending_count >= limit:
+            pool = _first_occurrences(np.concatenate([pool, *pending]).astype(np.int64))
+            pending, pending_count = [], 0
+            if len(pool) >= limit:
+                break
+    if pending:
+        pool = _first_occurrences(np.concatenate([pool, *pending]).astype(np.int64))
+    return pool[:limit]
+
+
+def _first_occurrences(ordinals: np.ndarray) -> np.ndarray:
+    """Drop repeated ordinals, keeping each one's first position."""
+    _, first = np.unique(ordinals, return_index=True)
+    return ordinals[np.sort(first)]
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _array(buffer: memoryview, dtype: np.dtype, path: Path) -> np.ndarray:
     """View an LMDB value as an array, copied only when the map does not align it for ``dtype``."""
     if len(buffer) % dtype.itemsize:
@@ -353,12 +441,15 @@ def _array(buffer: memoryview, dtype: np.dtype, path: Path) -> np.ndarray:
 def _check_prefix_table(path: Path, levels: int, nodes_per_level: list[int], codes: np.ndarray, counts: np.ndarray) -> PrefixTable:
     if len(nodes_per_level) != levels or len(counts) != sum(nodes_per_level) or int(counts.sum()) != len(codes):
         raise IndexFormatError(f"Trie {path} is inconsistent: {len(counts)} nodes and {len(codes)} children for nodes per level {nodes_per_level}")
+    # A trie has one root and at least one node per level, or no node at all.
+    if len(counts) and (nodes_per_level[0] != 1 or min(nodes_per_level) < 1):
+        raise IndexFormatError(f"Trie {path} is inconsistent: nodes per level {nodes_per_level}")
     if len(counts) and (counts < 1).any():
         raise IndexFormatError(f"Trie {path} has a prefix without children")
     first_child = np.cumsum(counts) - counts
     boundaries = np.cumsum([0] + nodes_per_level)
-    # Key order lists parents before children, so the children of level l's nodes are
-    # exactly level l+1's nodes, in order.
+    # Key order lists parents before children. With one root, the children of level l's
+    # nodes must then be exactly level l+1's nodes, in order.
     for level in range(levels - 1):
         if int(counts[boundaries[level] : boundaries[level + 1]].sum()) != nodes_per_level[level + 1]:
             raise IndexFormatError(f"Trie {path} is inconsistent: level {level} lists children that have no entry")

@@ -263,8 +263,13 @@ def _rewrite_trie_value(path, db_name, key, value):
         (DB_ARRAYS, KEY_POSTING_ENDS, np.array([1, 2], COUNT_DTYPE).tobytes(), "2 posting lists for 3 semantic IDs"),
         (DB_ARRAYS, KEY_POSTING_ENDS, np.array([1, 1, 3], COUNT_DTYPE).tobytes(), "not increasing"),
         (DB_ARRAYS, KEY_ORDINALS, b"\x00\x00\x00", "not a multiple of 4"),
-        (DB_ARRAYS, KEY_ORDINALS, None, "missing its ordinals array"),
+        (DB_ARRAYS, KEY_ORDINALS, None, "missing its ordinals"),
         (DB_META, b"format_version", b"1", "format version 1, expected 2; rebuild"),
+        (DB_META, b"nodes_per_level", b"[-1, 3]", "invalid metadata"),
+        (DB_META, b"nodes_per_level", b"[2, 1]", "inconsistent"),
+        (DB_META, b"levels", None, "missing its levels"),
+        (DB_META, b"levels", b"2.0", "invalid metadata"),
+        (DB_META, b"codebook_sizes", b"[4,", "unreadable metadata"),
     ],
 )
 def test_damaged_trie_is_rejected(tmp_path, db_name, key, value, message):
@@ -282,8 +287,21 @@ def test_trie_leaf_indices_follow_code_order(tmp_path):
     assert trie.leaf_indices(paths).tolist() == [0, 1, 2, -1, -1, -1, -1]
     assert trie.semantic_ids().tolist() == [[0, 1], [2, 1], [2, 3]]
     assert [(semantic_id, ordinals.tolist()) for semantic_id, ordinals in trie.iter_postings()] == [((0, 1), [1]), ((2, 1), [2]), ((2, 3), [0])]
+    with pytest.raises(InvalidInputError, match=r"shape \(n, 2\)"):
+        trie.leaf_indices(np.array([[0, 1, 2]]))
     trie.close()
-    assert len(trie.ordinals) == 0
+    with pytest.raises(InvalidInputError, match="closed"):
+        trie.postings((0, 1))
+
+
+def test_trie_close_waits_for_lookups_in_progress(tmp_path):
+    write_trie(tmp_path / "t.lmdb", np.arange(3000, dtype=np.uint16).reshape(1000, 1, 3) % 7, [7, 7, 7])
+    trie = TrieReader(tmp_path / "t.lmdb")
+    with trie._mapped() as ordinals:
+        trie.close()  # another thread's close, while this lookup reads the map
+        assert int(ordinals.astype(np.int64).sum()) == sum(range(1000))
+    with pytest.raises(InvalidInputError, match="closed"):
+        trie.pool(np.array([[0, 1, 2]]), 10)
 
 
 def test_empty_trie_has_no_ids(tmp_path):

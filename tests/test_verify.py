@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -19,15 +20,16 @@ from grdr_core.build import BuildConfig, build_index
 from grdr_core.decode import DecodeConfig
 from grdr_core.errors import IndexFormatError
 from grdr_core.features import EncoderConfig
-from grdr_core.index import open_index
+from grdr_core.index import open_index, write_header
 from grdr_core.lmdb_write import write_sorted_tables
 from grdr_core.manifest import read_manifest
 from grdr_core.quantize import QuantizerConfig
-from grdr_schemas.index import INDEX_FORMAT_VERSION
+from grdr_core.trie import write_trie
 from grdr_core.testing.videos import write_test_video
 from grdr_core.verify import verify_index
 from grdr_core.versions import resolve_version
 from grdr_jobs.cli import cli
+from grdr_schemas.index import INDEX_FORMAT_VERSION, IndexLayout
 from grdr_schemas.manifest import MANIFEST_SCHEMA, MANIFEST_SCHEMA_VERSION
 
 
@@ -186,6 +188,18 @@ def test_invalid_header_is_named(index_copy, content):
         open_index(index_copy)
     with pytest.raises(IndexFormatError, match="index.json"):
         verify_index(index_copy)
+
+
+def test_trie_ordinal_beyond_store_is_rejected(index_copy):
+    layout = IndexLayout(resolve_version(index_copy))
+    header = json.loads(layout.header.read_text())
+    # A trie that files a fourth video, re-signed so that only its contents are wrong.
+    layout.trie.unlink()
+    write_trie(layout.trie, np.array([[[0]], [[1]], [[0]], [[1]]], dtype=np.uint16), [2])
+    write_header(layout, {k: v for k, v in header.items() if k not in ("files", "format_version")})
+
+    with pytest.raises(IndexFormatError, match="ordinal 3, but the index stores 3 embeddings"):
+        open_index(index_copy)
 
 
 # --- LMDB ---------------------------------------------------------------------------
