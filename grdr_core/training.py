@@ -222,7 +222,7 @@ class GenerativeRetriever(nn.Module):
         def array(tensor: torch.Tensor) -> np.ndarray:
             return np.ascontiguousarray(tensor.detach().cpu().numpy(), dtype=np.float32)
 
-        return RetrieverRuntime(
+        return RetrieverRuntime.fold(
             w_in=array(self.w_in),
             b_in=array(self.b_in),
             w_out=[array(w) for w in self.w_out],

@@ -18,7 +18,7 @@ def _runtime(levels=2, codes=4, seed=0):
     dim = codes
     rng = np.random.default_rng(seed)
     eye = np.eye(dim, dtype=np.float32)
-    return RetrieverRuntime(
+    return RetrieverRuntime.fold(
         w_in=eye * 5.0,  # tanh(5 q) keeps the sign pattern of a one-hot query
         b_in=np.zeros(dim, np.float32),
         w_out=[eye.copy() for _ in range(levels)],
@@ -95,6 +95,24 @@ def test_runtime_save_load_round_trip(tmp_path):
     np.testing.assert_array_equal(loaded.logits(1, states), runtime.logits(1, states))
 
 
+def test_runtime_of_older_format_is_rejected(tmp_path):
+    _runtime().save(tmp_path / "model")
+    config = tmp_path / "model" / "retriever.json"
+    config.write_text(config.read_text().replace('"format_version": 2', '"format_version": 1'))
+    with pytest.raises(IndexFormatError, match="format version 1, expected 2; run `grdr-index train` again"):
+        RetrieverRuntime.load(tmp_path / "model")
+
+
+def test_runtime_stores_only_folded_weights(tmp_path):
+    from safetensors.numpy import load_file
+
+    _runtime(levels=3, codes=4).save(tmp_path / "model")
+    tensors = load_file(str(tmp_path / "model" / "retriever.safetensors"))
+    assert sorted(tensors) == ["b_in", "code_inputs", "code_weights", "output_grams", "w_h", "w_in"]
+    assert tensors["w_h"].shape == (2, 4, 4)  # the last level chooses no next code
+    assert tensors["code_inputs"].shape == (8, 4)
+
+
 def _reference_beam_search(runtime, trie, query, beam):
     """Plain beam search over ``trie.children``: the definition the vectorised one must match."""
     beams = [((), 0.0, runtime.start(query[None]))]
@@ -114,7 +132,7 @@ def _reference_beam_search(runtime, trie, query, beam):
 
 
 def _random_runtime(rng, levels, codes, dim, hidden):
-    return RetrieverRuntime(
+    return RetrieverRuntime.fold(
         w_in=rng.standard_normal((hidden, dim)).astype(np.float32),
         b_in=rng.standard_normal(hidden).astype(np.float32),
         w_out=[rng.standard_normal((dim, hidden)).astype(np.float32) for _ in range(levels)],
