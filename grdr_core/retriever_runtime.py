@@ -180,15 +180,15 @@ class RetrieverRuntime:
                 f"Retriever in {directory} has format version {config.get('format_version')}, expected {RUNTIME_FORMAT_VERSION}; "
                 "run `grdr-index train` again with this version of grdr"
             )
-        missing = [name for name in _ARRAYS if name not in tensors]
+        missing = [name for name in _ARRAYS if name not in tensors] + [key for key in ("codebook_sizes", "scale") if key not in config]
         if missing:
-            raise IndexFormatError(f"Retriever in {directory} is missing the weights {', '.join(missing)}")
-        packed = PackedWeights(
-            **{name: np.ascontiguousarray(tensors[name], dtype=np.float32) for name in _ARRAYS},
-            code_offsets=np.concatenate(([0], np.cumsum(config["codebook_sizes"]))).astype(np.int64),
-            scale=float(config["scale"]),
-        )
+            raise IndexFormatError(f"Retriever in {directory} is missing {', '.join(missing)}; run `grdr-index train` again")
         try:
+            packed = PackedWeights(
+                **{name: np.ascontiguousarray(tensors[name], dtype=np.float32) for name in _ARRAYS},
+                code_offsets=np.concatenate(([0], np.cumsum(config["codebook_sizes"]))).astype(np.int64),
+                scale=float(config["scale"]),
+            )
             return cls(packed)
-        except InvalidInputError as exc:
+        except (InvalidInputError, TypeError, ValueError) as exc:
             raise IndexFormatError(f"Retriever in {directory} is damaged: {exc}") from exc

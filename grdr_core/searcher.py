@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -48,11 +49,13 @@ class Searcher:
         self._model = model
         self._device = device
         self._encoder: ClipEncoder | None = None
+        self._encoder_lock = threading.Lock()
         self._closed = False
 
     def close(self) -> None:
-        self.index.close()
+        # Marked closed first, so that searches starting meanwhile get the Searcher's message.
         self._closed = True
+        self.index.close()
 
     def __enter__(self) -> Searcher:
         return self
@@ -62,10 +65,12 @@ class Searcher:
 
     @property
     def encoder(self) -> ClipEncoder:
-        if self._encoder is None:
-            from grdr_core.search import load_query_encoder
+        # One lock, so that threads making their first text query at once load the model once.
+        with self._encoder_lock:
+            if self._encoder is None:
+                from grdr_core.search import load_query_encoder
 
-            self._encoder = load_query_encoder(self.index, model=self._model, device=self._device)
+                self._encoder = load_query_encoder(self.index, model=self._model, device=self._device)
         return self._encoder
 
     def search(self, text: str, k: int = 10, beam: int = DEFAULT_BEAM, max_candidates: int = DEFAULT_MAX_CANDIDATES) -> QueryResult:

@@ -186,12 +186,17 @@ class TrieReader:
         except lmdb.Error as exc:
             raise IndexFormatError(f"Cannot open trie {path}: {exc}") from exc
         try:
-            self._read(path)
+            self._read(Path(path))
         except BaseException:
             self.close()
             raise
 
     def _read(self, path: Path) -> None:
+        # Reading a page past the end of a truncated file kills the process with SIGBUS.
+        expected = (self._env.info()["last_pgno"] + 1) * self._env.stat()["psize"]
+        size = path.stat().st_size
+        if size < expected:
+            raise IndexFormatError(f"Trie {path} is truncated: {size} of {expected} bytes; rebuild the index or restore it from a copy")
         try:
             meta_db = self._env.open_db(DB_META, create=False)
             with self._env.begin(db=meta_db) as txn:
@@ -257,7 +262,7 @@ class TrieReader:
         """Yield the ordinals array, which points into the memory map, keeping the map open meanwhile."""
         with self._lock:
             if self._closed:
-                raise InvalidInputError(f"Trie {self._path} is closed")
+                raise InvalidInputError(f"Trie {self._path} is closed; open the index again to read it")
             self._readers += 1
         try:
             yield self._ordinals

@@ -103,6 +103,14 @@ def test_runtime_of_older_format_is_rejected(tmp_path):
         RetrieverRuntime.load(tmp_path / "model")
 
 
+def test_runtime_without_codebook_sizes_is_rejected(tmp_path):
+    _runtime().save(tmp_path / "model")
+    config = tmp_path / "model" / "retriever.json"
+    config.write_text(config.read_text().replace('"codebook_sizes"', '"sizes"'))
+    with pytest.raises(IndexFormatError, match="missing codebook_sizes"):
+        RetrieverRuntime.load(tmp_path / "model")
+
+
 def test_runtime_stores_only_folded_weights(tmp_path):
     from safetensors.numpy import load_file
 

@@ -312,3 +312,12 @@ def test_empty_trie_has_no_ids(tmp_path):
     assert trie.leaf_indices(np.zeros((2, 3))).tolist() == [-1, -1]
     assert trie.stats().distinct_ids == 0
     assert trie.semantic_ids().shape == (0, 3)
+
+
+def test_truncated_trie_is_rejected(tmp_path):
+    path = tmp_path / "t.lmdb"
+    write_trie(path, np.random.default_rng(0).integers(0, 50, (3000, 2, 3)).astype(np.uint16), [50, 50, 50])
+    with path.open("r+b") as file:
+        file.truncate(8192)
+    with pytest.raises(IndexFormatError, match="is truncated: 8192 of"):
+        TrieReader(path)
