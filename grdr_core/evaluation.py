@@ -47,7 +47,7 @@ DEFINITIONS = {
     "not_retrieved": "a query whose ground truth is not in the top `depth` misses every R@k and counts as rank videos + 1 in median_rank and mean_rank",
     "r_at_k": "share of evaluated queries with rank <= k, in [0, 1]",
     "candidate_hit": "grdr only: share of queries with a ground-truth video in the recalled candidate pool",
-    "latency": "milliseconds per query, one query per call at k = latency_k on one CPU thread. It excludes text encoding, which grdr's latency_split_ms.encode reports and every method would pay",
+    "latency": "milliseconds per query, one query per call at k = latency_k on one CPU thread. It excludes text encoding, which every method would pay and which grdr's latency_split_ms.encode reports for text queries",
     "bytes_per_video": "bytes on disk of each component divided by the number of indexed videos. For FAISS, the size of the serialized index",
 }
 

@@ -23,7 +23,7 @@ from grdr_core.query_checks import DEFAULT_BEAM, DEFAULT_MAX_CANDIDATES, check_q
 from grdr_core.recall import load_kernels, recall_pools
 from grdr_core.retriever_runtime import RetrieverRuntime
 from grdr_core.search import SearchHit, hits_for
-from grdr_core.versions import local_index_path, open_resolved
+from grdr_core.versions import local_index_path, open_resolved, version_root_of
 
 if TYPE_CHECKING:
     from grdr_core.features import ClipEncoder
@@ -139,9 +139,11 @@ def _open_version(root: Path, version_dir: Path) -> tuple[Index, RetrieverRuntim
     try:
         tokenizer = index.header["tokenizer"]
         if not tokenizer.get("retriever"):
+            # Training publishes to the index root, also when a version directory was opened.
+            trainable = version_root_of(version_dir) or index.root
             raise IndexFormatError(
                 f"Index {index.root} has {tokenizer['name']} semantic IDs but no trained retriever; "
-                f"run `grdr-index train {index.root} --captions FILE` (or `--caption-embeddings FILE` "
+                f"run `grdr-index train {trainable} --captions FILE` (or `--caption-embeddings FILE` "
                 "for an index of precomputed embeddings) before querying, "
                 "or use `grdr-index search` for exact dense search"
             )

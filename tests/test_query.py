@@ -130,6 +130,9 @@ def test_query_before_training_is_rejected(corpus, tmp_path):
     )
     with pytest.raises(IndexFormatError, match="grdr-index train"):
         Searcher(index_dir)
+    # Opened through its version directory, the hint still names the index root.
+    with pytest.raises(IndexFormatError, match=f"run `grdr-index train {tmp_path / 'untrained'} --captions"):
+        Searcher(resolve_version(index_dir))
 
 
 def test_bad_queries_are_rejected(trained_index):
