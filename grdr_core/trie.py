@@ -168,8 +168,9 @@ class TrieReader:
     """Read-only access to a trie file; safe to share between threads.
 
     The ordinals of the posting lists are read through one read transaction that stays
-    open until ``close``. Every array this class returns is a copy, and ``close`` waits
-    for the lookups in progress in other threads, so none reads the map after it is gone.
+    open until ``close``. No array this class returns points into the memory map, and
+    ``close`` waits for the lookups in progress in other threads, so none reads the map
+    after it is gone.
     """
 
     def __init__(self, path: Path) -> None:

@@ -3,7 +3,7 @@
 The trie is stored as four flat arrays, so that it costs a few bytes per distinct ID and
 per posting instead of one LMDB entry (about 16 bytes of overhead) per ID. Its nodes are
 the distinct prefixes of length ``0..L-1`` in key order: by length, then code by code,
-so node 0 is the root.
+so node 0 is the root (a trie of no videos has no nodes).
 
 Named databases:
 - ``arrays``, with four keys:
@@ -20,7 +20,7 @@ Named databases:
   ``b"nodes_per_level"`` (the node count of each prefix length) as ASCII JSON.
 
 All arrays are packed without separators. A trie stores at most 2^32 - 1 postings
-(videos times views) because ``posting_ends`` is 32-bit.
+(distinct pairs of semantic ID and video), because ``posting_ends`` is 32-bit.
 """
 
 from __future__ import annotations

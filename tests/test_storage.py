@@ -55,7 +55,7 @@ def test_shard_reader_rejects_bad_ordinals_and_shapes(tmp_path):
         writer.append(np.ones((1, 5), np.float32))
 
 
-def test_float16_row_dots_converts_every_float16_value_exactly():
+def test_float16_dots_convert_every_value():
     kernels = pytest.importorskip("grdr_core.recall_kernels")
     halves = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16)
     out = np.empty(len(halves), dtype=np.float32)
@@ -294,7 +294,7 @@ def test_trie_leaf_indices_follow_code_order(tmp_path):
         trie.postings((0, 1))
 
 
-def test_trie_close_waits_for_lookups_in_progress(tmp_path):
+def test_trie_close_waits_for_lookups(tmp_path):
     write_trie(tmp_path / "t.lmdb", np.arange(3000, dtype=np.uint16).reshape(1000, 1, 3) % 7, [7, 7, 7])
     trie = TrieReader(tmp_path / "t.lmdb")
     with trie._mapped() as ordinals:
