@@ -95,19 +95,18 @@ def test_runtime_save_load_round_trip(tmp_path):
     np.testing.assert_array_equal(loaded.logits(1, states), runtime.logits(1, states))
 
 
-def test_runtime_of_older_format_is_rejected(tmp_path):
+@pytest.mark.parametrize(
+    "old, new, message",
+    [
+        ('"format_version": 2', '"format_version": 1', "format version 1, expected 2; run `grdr-index train` again"),
+        ('"codebook_sizes"', '"sizes"', "missing codebook_sizes"),
+    ],
+)
+def test_damaged_runtime_config_is_rejected(tmp_path, old, new, message):
     _runtime().save(tmp_path / "model")
     config = tmp_path / "model" / "retriever.json"
-    config.write_text(config.read_text().replace('"format_version": 2', '"format_version": 1'))
-    with pytest.raises(IndexFormatError, match="format version 1, expected 2; run `grdr-index train` again"):
-        RetrieverRuntime.load(tmp_path / "model")
-
-
-def test_runtime_without_codebook_sizes_is_rejected(tmp_path):
-    _runtime().save(tmp_path / "model")
-    config = tmp_path / "model" / "retriever.json"
-    config.write_text(config.read_text().replace('"codebook_sizes"', '"sizes"'))
-    with pytest.raises(IndexFormatError, match="missing codebook_sizes"):
+    config.write_text(config.read_text().replace(old, new))
+    with pytest.raises(IndexFormatError, match=message):
         RetrieverRuntime.load(tmp_path / "model")
 
 
