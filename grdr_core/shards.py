@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -103,15 +103,10 @@ class ShardReader:
 
     def get(self, ordinals: np.ndarray | list[int]) -> np.ndarray:
         """Return ``(len(ordinals), dim)`` float32 embeddings in the order given."""
-        ordinals = np.asarray(ordinals, dtype=np.int64)
-        if ordinals.size and (ordinals.min() < 0 or ordinals.max() >= self.count):
-            raise InvalidInputError(f"Ordinals must lie in [0, {self.count}), got range [{ordinals.min()}, {ordinals.max()}]")
+        ordinals = self._checked(ordinals)
         out = np.empty((len(ordinals), self.dim), dtype=np.float32)
-        shard_of = ordinals // self.records_per_shard
-        row_of = ordinals % self.records_per_shard
-        for shard in np.unique(shard_of):
-            mask = shard_of == shard
-            out[mask] = self._shards[shard][row_of[mask]]
+        for shard, positions, rows in self._rows_by_shard(ordinals):
+            out[positions] = self._shards[shard][rows]
         return out
 
     def dot(self, ordinals: np.ndarray, query: np.ndarray, kernel: Callable[..., None] | None = None) -> np.ndarray:
@@ -125,21 +120,31 @@ class ShardReader:
             raise InvalidInputError(f"Expected a query of shape ({self.dim},), got {query.shape}")
         if kernel is None:
             return self.get(ordinals) @ query
+        ordinals = self._checked(ordinals)
+        out = np.empty(len(ordinals), dtype=np.float32)
+        for shard, positions, rows in self._rows_by_shard(ordinals):
+            scores = np.empty(len(rows), dtype=np.float32)
+            kernel(self._bits[shard], rows, query, scores)
+            out[positions] = scores
+        return out
+
+    def _checked(self, ordinals: np.ndarray | list[int]) -> np.ndarray:
+        """Return ``ordinals`` as int64, raising ``InvalidInputError`` for any outside the store."""
         ordinals = np.asarray(ordinals, dtype=np.int64)
         if ordinals.size and (ordinals.min() < 0 or ordinals.max() >= self.count):
             raise InvalidInputError(f"Ordinals must lie in [0, {self.count}), got range [{ordinals.min()}, {ordinals.max()}]")
-        out = np.empty(len(ordinals), dtype=np.float32)
-        if len(self._bits) == 1:
-            kernel(self._bits[0], ordinals, query, out)
-            return out
+        return ordinals
+
+    def _rows_by_shard(self, ordinals: np.ndarray) -> Iterator[tuple[int, np.ndarray | slice, np.ndarray]]:
+        """Yield, per shard that ``ordinals`` touch, the shard, the positions in ``ordinals`` and the rows in the shard."""
+        if len(self._shards) == 1:
+            yield 0, slice(None), ordinals
+            return
         shard_of = ordinals // self.records_per_shard
         row_of = ordinals % self.records_per_shard
         for shard in np.unique(shard_of).tolist():
             positions = np.flatnonzero(shard_of == shard)
-            scores = np.empty(len(positions), dtype=np.float32)
-            kernel(self._bits[shard], row_of[positions], query, scores)
-            out[positions] = scores
-        return out
+            yield shard, positions, row_of[positions]
 
     def iter_blocks(self, block_size: int = 65536):
         """Yield ``(first_ordinal, float32 block)`` covering every record in order."""

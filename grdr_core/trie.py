@@ -349,7 +349,7 @@ class TrieReader:
     def semantic_ids(self) -> np.ndarray:
         """Return every full semantic ID, ``(ids, levels)`` int64 in code order."""
         table = self._prefix_table
-        parents = np.repeat(np.arange(len(table.child_count)), table.child_count)
+        parents = _entry_parents(table.child_count)
         columns = [table.codes[self._first_leaf :]]
         nodes = parents[self._first_leaf :]
         for _ in range(self.levels - 1):
@@ -390,7 +390,7 @@ class TrieReader:
         """Return ``(node << 16) | code`` of every child-list entry, ascending."""
         if self._entry_keys is None:
             table = self._prefix_table
-            parents = np.repeat(np.arange(len(table.child_count)), table.child_count)
+            parents = _entry_parents(table.child_count)
             self._entry_keys = (parents << _CODE_BITS) | table.codes
         return self._entry_keys
 
@@ -432,6 +432,11 @@ def _first_occurrences(ordinals: np.ndarray) -> np.ndarray:
     return ordinals[np.sort(first)]
 
 
+def _entry_parents(child_count: np.ndarray) -> np.ndarray:
+    """Return the node whose child list contains each entry of the flat child list."""
+    return np.repeat(np.arange(len(child_count)), child_count)
+
+
 def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -459,7 +464,7 @@ def _check_prefix_table(path: Path, levels: int, nodes_per_level: list[int], cod
     for level in range(levels - 1):
         if int(counts[boundaries[level] : boundaries[level + 1]].sum()) != nodes_per_level[level + 1]:
             raise IndexFormatError(f"Trie {path} is inconsistent: level {level} lists children that have no entry")
-    parents = np.repeat(np.arange(len(counts)), counts)
+    parents = _entry_parents(counts)
     if np.any((codes[1:] <= codes[:-1]) & (parents[1:] == parents[:-1])):
         raise IndexFormatError(f"Trie {path} has a child list that is not sorted and distinct")
     return PrefixTable(codes=codes, first_child=first_child, child_count=counts, nodes_per_level=list(nodes_per_level))
