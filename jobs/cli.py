@@ -17,6 +17,7 @@ from grdr_core.errors import GrdrError
 from grdr_core.query_checks import DEFAULT_BEAM, DEFAULT_MAX_CANDIDATES, MAX_BEAM, MAX_CANDIDATES, MAX_K
 from grdr_core.versions import DEFAULT_KEEP
 from grdr_schemas.build import DEFAULT_FILES_PER_UNIT
+from grdr_schemas.index import INDEX_FORMAT_VERSION
 
 logger = logging.getLogger("grdr_jobs.cli")
 
@@ -329,6 +330,8 @@ def versions(index_dir: str, as_json: bool) -> None:
         else:
             details = f"created {summary['created_at']}, {summary['indexed']} videos, {summary['tokenizer']} IDs"
             details += f", retriever trained {summary['trained_at']}" if summary["retriever"] else ""
+            if summary["format_version"] != INDEX_FORMAT_VERSION:
+                details += f", index format {summary['format_version']}: this grdr reads format {INDEX_FORMAT_VERSION} only, rebuild it"
         click.echo(f"{'*' if info.current else ' '} {info.name}  {details}")
     if infos and not any(info.current for info in infos) and not at_url:
         click.echo(f"No version is current (CURRENT is missing); run `grdr-index rollback {index_dir} --to NAME` to choose one.")
@@ -347,6 +350,7 @@ def _version_summary(header: dict | None) -> dict:
         "indexed": counts.get("indexed"),
         "tokenizer": tokenizer.get("name"),
         "retriever": bool(tokenizer.get("retriever")),
+        "format_version": header.get("format_version"),
     }
 
 

@@ -33,7 +33,7 @@ from grdr_core.versions import (
     rollback,
 )
 from grdr_jobs.cli import cli
-from grdr_schemas.index import IndexLayout, IndexRoot
+from grdr_schemas.index import INDEX_FORMAT_VERSION, IndexLayout, IndexRoot
 
 SMALL_QUANTIZER = QuantizerConfig(levels=2, codes_per_level=4)
 DIM = 8
@@ -494,6 +494,7 @@ def test_cli_versions_and_rollback(versions_src, tmp_path):
     assert lines[0].startswith("  v000001  created ")
     assert lines[1].startswith("* v000002  created ")
     assert "9 videos" in lines[1]
+    assert "index format" not in listing.output
 
     rolled = runner.invoke(cli, ["rollback", str(root)])
     assert rolled.exit_code == 0, rolled.output
@@ -503,6 +504,13 @@ def test_cli_versions_and_rollback(versions_src, tmp_path):
 
     inspected = runner.invoke(cli, ["inspect", str(root), "--json"])
     assert json.loads(inspected.output)["version"] == "v000001"
+
+    # A version written by an older grdr is flagged in the listing.
+    old_header = root / "versions" / "v000002" / "index.json"
+    old_header.write_text(old_header.read_text().replace(f'"format_version": {INDEX_FORMAT_VERSION}', '"format_version": 1'))
+    flagged = runner.invoke(cli, ["versions", str(root)]).output.splitlines()
+    assert flagged[1].endswith(f"index format 1: this grdr reads format {INDEX_FORMAT_VERSION} only, rebuild it")
+    assert "index format" not in flagged[0]
 
 
 def test_cli_rollback_error_is_one_line(versions_src, tmp_path):
