@@ -160,6 +160,10 @@ def build_ivfpq(matrix: np.ndarray, shape: IvfPqShape, nprobe: int, seed: int = 
     index = faiss.IndexIVFPQ(coarse, dim, shape.nlist, shape.m, shape.nbits, faiss.METRIC_INNER_PRODUCT)
     index.cp.seed = seed
     index.pq.cp.seed = seed
+    # ivfpq_shape already gives corpora under 2 * 39 vectors the smallest codebooks, so
+    # FAISS's warning about too few training points per centroid would be noise.
+    index.cp.min_points_per_centroid = 1
+    index.pq.cp.min_points_per_centroid = 1
     index.train(vectors)
     index.add(vectors)
     index.nprobe = min(nprobe, shape.nlist)

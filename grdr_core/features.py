@@ -416,9 +416,11 @@ class ClipEncoder:
         self.short_side: int = checkpoint.preprocessing.short_side
         self._max_text_tokens = int(checkpoint.clip_config.text_config.max_position_embeddings)
 
+        # The source differs from the name only for a directory given with "~".
+        origin = self.name if checkpoint.source == self.name else f"{self.name} ({checkpoint.source})"
         logger.info(
-            "Loaded CLIP %s from %s on %s: %d-d features, shortest edge resized to %d px, %d px crops",
-            self.name, checkpoint.source, self._device, self.dim, self.short_side, self.image_size,
+            "Loaded CLIP %s on %s: %d-d features, shortest edge resized to %d px, %d px crops",
+            origin, self._device, self.dim, self.short_side, self.image_size,
         )
 
     @property

@@ -47,7 +47,7 @@ class FileProblem:
     detail: str
 
     def describe(self) -> str:
-        return f"{self.path}: {self.kind}: {self.detail}"
+        return f"{self.path}: {self.kind.replace('_', ' ')}: {self.detail}"
 
 
 @dataclass
