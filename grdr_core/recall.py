@@ -27,15 +27,18 @@ _kernels: ModuleType | bool | None = None
 @dataclass(frozen=True)
 class DecodedId:
     codes: tuple[int, ...]
-    log_prob: float  # sum over levels of the log-probability renormalised over allowed codes
+    log_prob: float  # the retriever's log-probability of the ID: the sum of its codes' log-softmax over the whole codebook
 
 
 def beam_search(runtime: RetrieverRuntime, trie: TrieReader, queries: np.ndarray, beam: int) -> list[list[DecodedId]]:
     """Decode each of ``(B, D)`` queries into at most ``beam`` semantic IDs that exist in the trie.
 
     At every level a beam may only extend with codes that the trie lists as children of
-    its prefix, and the model's probabilities are renormalised over those codes. Returns,
-    per query, the surviving full IDs best first (ties broken by beam row, then code).
+    its prefix. Scores are the model's log-probabilities over the whole codebook, not
+    renormalised over those codes: renormalising inflates IDs under prefixes with few
+    children, and on the MSVD benchmark it recalled fewer videos with larger pools
+    (docs/benchmarks.md). Returns, per query, the surviving full IDs best first (ties
+    broken by beam row, then code).
     """
     return [
         [DecodedId(codes=tuple(codes), log_prob=score) for codes, score in zip(paths.tolist(), scores.tolist())]
@@ -194,24 +197,22 @@ class _Expansion:
     entries: np.ndarray  # (C,) position in the prefix table of each candidate's code
     rows: np.ndarray  # (C,) beam row each candidate extends
     row_start: np.ndarray  # (R + 1,) first candidate of each row, then C
-    totals: np.ndarray  # (C,) float64, row score + renormalised log-prob of the code
+    totals: np.ndarray  # (C,) float64, row score + log-prob of the code
 
 
 def _expand(logits: np.ndarray, nodes: np.ndarray, scores: np.ndarray, table: PrefixTable) -> _Expansion:
     """List every allowed (row, code) extension, row by row in code order, with its score.
 
-    The log-softmax runs over the codes the trie allows after each row's prefix only.
+    A code's log-probability is its log-softmax over the whole codebook (see ``beam_search``).
     """
     counts = table.child_count[nodes]
     row_start = np.concatenate(([0], np.cumsum(counts)))
     rows = np.repeat(np.arange(len(nodes)), counts)
     entries = np.arange(row_start[-1]) + (table.first_child[nodes] - row_start[:-1])[rows]
-    allowed = logits[rows, table.codes[entries]].astype(np.float64)
-    # Every trie node has at least one child, so no row's segment is empty.
-    peak = np.maximum.reduceat(allowed, row_start[:-1])
-    shifted = allowed - peak[rows]
-    log_norm = np.log(np.add.reduceat(np.exp(shifted), row_start[:-1]))
-    return _Expansion(entries, rows, row_start, scores[rows] + shifted - log_norm[rows])
+    logits = logits.astype(np.float64)
+    peak = logits.max(axis=1, keepdims=True)
+    log_probs = logits - peak - np.log(np.exp(logits - peak).sum(axis=1, keepdims=True))
+    return _Expansion(entries, rows, row_start, scores[rows] + log_probs[rows, table.codes[entries]])
 
 
 def _top(totals: np.ndarray, start: int, stop: int, beam: int) -> np.ndarray:

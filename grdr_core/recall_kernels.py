@@ -111,6 +111,42 @@ def _tanh(value: np.float32) -> np.float32:
     return np.float32(x * p / q)
 
 
+# exp(x) = 2^n exp(r) with n = round(x / ln 2) and |r| <= ln(2) / 2, exp(r) by the degree-7
+# polynomial of Cephes' expf (S. Moshier), within about 1 ulp of expf. ln 2 is split in
+# two parts so that r is exact. Unlike a call to exp, LLVM vectorises it.
+_LOG2_E = np.float32(1.4426950408889634)
+_LN2_HIGH = np.float32(0.693359375)
+_LN2_LOW = np.float32(-2.12194440e-4)
+_EXP_FLOOR = np.float32(-87.0)  # 2^n stays a normal float32 above it
+
+
+@_jit(fastmath={"reassoc", "contract"})
+def _shifted_exp_sum(values, peak, terms, scales):  # type: ignore[no-untyped-def]
+    """Return the float32 sum of ``exp(values[k] - peak)``, for ``values <= peak``.
+
+    ``terms`` (float32) and ``scales`` (uint32) are scratch arrays at least as long as
+    ``values``. Differences below -87 count as ``exp(-87)``, about 1.6e-38.
+    """
+    count = values.shape[0]
+    powers = scales.view(np.float32)
+    for k in range(count):
+        x = max(values[k] - peak, _EXP_FLOOR)
+        n = np.floor(x * _LOG2_E + np.float32(0.5))
+        r = x - n * _LN2_HIGH - n * _LN2_LOW
+        p = np.float32(1.9875691500e-4)
+        p = p * r + np.float32(1.3981999507e-3)
+        p = p * r + np.float32(8.3334519073e-3)
+        p = p * r + np.float32(4.1665795894e-2)
+        p = p * r + np.float32(1.6666665459e-1)
+        p = p * r + np.float32(5.0000001201e-1)
+        terms[k] = p * r * r + r + np.float32(1.0)
+        scales[k] = np.uint32(np.int32(n) + 127) << np.uint32(23)
+    total = np.float32(0.0)
+    for k in range(count):
+        total += terms[k] * powers[k]
+    return total
+
+
 @_jit()
 def _insert(total, row, entry, top_totals, top_rows, top_entries, filled):  # type: ignore[no-untyped-def]
     """Insert a candidate into the best-first top list; return the new fill.
@@ -183,36 +219,34 @@ def _decode_query(  # type: ignore[no-untyped-def]
     for level in range(levels):
         code_offset = code_offsets[level]
         num_codes = code_offsets[level + 1] - code_offset
-        logits = np.empty(num_codes, np.float64)
+        logits = np.empty(num_codes, np.float32)
+        exp_terms = np.empty(num_codes, np.float32)
+        exp_scales = np.empty(num_codes, np.uint32)
         filled = 0
         # cos(W_out h, c) = h^T (W_out^T c_unit) / |W_out h|, and |W_out h|^2 = h^T G h
-        # with G = W_out^T W_out. One matrix product (BLAS) serves every row of the level.
+        # with G = W_out^T W_out. Two matrix products (BLAS) serve every row of the level.
+        code_products = np.dot(states[:rows], code_weights[code_offset : code_offset + num_codes].T)
         gram_products = np.dot(states[:rows], output_grams[level].T)
         for row in range(rows):
-            state = states[row]
-            squared_norm = _dot(gram_products[row], state)
-            factor = scale32 / np.sqrt(max(squared_norm, np.float32(1e-24)))
-
             node = nodes[row]
             start = first_child[node]
             count = child_count[node]
             if count > num_codes:
                 return TOO_MANY_CHILDREN
-            peak = -np.inf
+
+            squared_norm = _dot(gram_products[row], states[row])
+            factor = scale32 / np.sqrt(max(squared_norm, np.float32(1e-24)))
+            # Log-softmax over the whole codebook.
+            peak = np.float32(-np.inf)
+            for k in range(num_codes):
+                logits[k] = factor * code_products[row, k]
+                peak = max(peak, logits[k])
+            log_norm = np.float64(peak) + np.log(np.float64(_shifted_exp_sum(logits, peak, exp_terms, exp_scales)))
             for c in range(count):
                 code = table_codes[start + c]
                 if code < 0 or code >= num_codes:
                     return INVALID_CODE
-                logit = np.float64(factor * _dot(code_weights[code_offset + code], state))
-                logits[c] = logit
-                peak = max(peak, logit)
-            # Log-softmax over the allowed codes only.
-            exp_sum = 0.0
-            for c in range(count):
-                exp_sum += np.exp(logits[c] - peak)
-            log_norm = np.log(exp_sum)
-            for c in range(count):
-                total = scores[row] + (logits[c] - peak) - log_norm
+                total = scores[row] + np.float64(logits[code]) - log_norm
                 filled = _insert(total, row, start + c, top_totals, top_rows, top_entries, filled)
 
         for i in range(filled):
