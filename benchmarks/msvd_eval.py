@@ -258,7 +258,7 @@ def train_visual_only(index_dir: Path, captions_file: Path, config: Any) -> tupl
     codes_per_level = effective_codes(config.codes_per_level, len(videos), len(np.unique(videos.round(6), axis=0)))
     tokenizer = ResidualKMeansTokenizer(QuantizerConfig(levels=config.levels, codes_per_level=codes_per_level, seed=config.seed)).fit(videos)
     codes = tokenizer.encode(videos)
-    retriever = train_retriever_for_codes(codes, tokenizer.codebooks, captions.ordinals, captions.embeddings, config)
+    retriever = train_retriever_for_codes(videos, codes, tokenizer.codebooks, captions.ordinals, captions.embeddings, config)
     return VisualOnlyModel(tokenizer, retriever, config), codes
 
 
@@ -553,6 +553,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--polish-epochs", type=int, default=0, help="Retriever-only epochs on the final IDs (the default of grdr-index train).")
     parser.add_argument("--hidden", type=int, default=128, help="Retriever state size.")
     parser.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate of training.")
+    parser.add_argument(
+        "--video-queries", type=float, default=1.0, help="Video embeddings as extra retriever queries per epoch, per caption (the default of grdr-index train)."
+    )
 
     parser.add_argument("--beam", type=int, default=20, help="Beam width of grdr's evaluation.")
     parser.add_argument("--max-candidates", type=int, default=300, help="Cap on grdr's candidate pool.")

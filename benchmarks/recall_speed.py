@@ -228,6 +228,7 @@ def train_config_from_args(args: argparse.Namespace) -> Any:
         polish_epochs=args.polish_epochs,
         hidden=getattr(args, "hidden", TrainConfig.hidden),
         lr=getattr(args, "lr", TrainConfig.lr),
+        video_queries=getattr(args, "video_queries", TrainConfig.video_queries),
         seed=args.seed,
     )
 

@@ -8,8 +8,9 @@ For each corpus size the script:
 2. writes them as a Parquet features file (``video_id``, ``embedding``) and times
    ``build_index_from_features``, the code behind ``grdr-index build --features``.
 3. trains the multi-view model on the captions of the first ``--train-videos`` videos
-   (one model serves every size, as in ``recall_speed.py``), assigns IDs to every
-   video and republishes the index.
+   (one model serves every size, as in ``recall_speed.py``; with ``--train-on-corpus``
+   training also sees every other video, as ``grdr-index train`` does), assigns IDs to
+   every video and republishes the index.
 4. runs ``grdr_core.evaluation.evaluate`` on the held-out captions: grdr, exact dense
    search, FAISS HNSW and FAISS IVF-PQ, with R@k, latency per query on one thread and
    bytes per video.
@@ -104,9 +105,16 @@ def run_size(size: int, args: argparse.Namespace) -> dict[str, Any]:
 
     index = open_index(index_dir)
     try:
-        sample = index.shards.get(np.arange(sample_size))
+        # The captioned videos come first, so caption ordinals hold in both samples.
+        training_videos = size if args.train_on_corpus else sample_size
+        sample = index.shards.get(np.arange(training_videos))
         config = train_config_from_args(args)
-        settings = {"corpus": {k: v for k, v in asdict(spec).items() if k != "num_videos"}, "train_videos": sample_size, "train_config": asdict(config)}
+        settings = {
+            "corpus": {k: v for k, v in asdict(spec).items() if k != "num_videos"},
+            "train_videos": sample_size,
+            "videos_in_training": training_videos,
+            "train_config": asdict(config),
+        }
         trained, train_s = load_or_train(args.workdir.resolve() / "trained-model", settings, sample, corpus, config)
         if train_s is not None:
             seconds["train"] = train_s
@@ -187,6 +195,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--concepts", type=int, default=512, help="Concepts in the synthetic corpus.")
     parser.add_argument("--concepts-per-video", type=int, default=3, help="Concepts mixed into each video; each gets one training caption.")
     parser.add_argument("--train-videos", type=int, default=16_384, help="Videos whose captions train the model (the first ones; videos are i.i.d.).")
+    parser.add_argument(
+        "--train-on-corpus",
+        action="store_true",
+        help="Train on every video of the corpus, as grdr-index train does, with the captions of --train-videos only, "
+        "so that video queries cover every video; each size then trains its own model [default: the captioned videos only].",
+    )
+    parser.add_argument("--video-queries", type=float, default=1.0, help="Video queries per epoch, per caption (the default of grdr-index train).")
     parser.add_argument("--views", type=int, default=4, help="Semantic IDs per video.")
     parser.add_argument("--levels", type=int, default=3, help="Codes per semantic ID.")
     parser.add_argument("--codes", type=int, default=128, help="Codebook size per level; training shrinks it to sqrt(--train-videos) when that is smaller.")

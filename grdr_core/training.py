@@ -72,6 +72,10 @@ class TrainConfig:
     # (docs/benchmarks.md), because longer training fits the retriever to the training videos.
     epochs_per_level: int = 5
     polish_epochs: int = 0  # retriever-only epochs on the final, frozen IDs
+    # Video embeddings that also train the retriever as queries, per epoch, as a fraction
+    # of the caption count. Each is a (video, view) pair whose target is that view's ID,
+    # so the retriever also learns the IDs of videos without captions.
+    video_queries: float = 1.0
     batch_size: int = 256  # captions per step
     lr: float = 3e-3  # Adam
     seed: int = 0
@@ -114,6 +118,8 @@ class TrainConfig:
             raise InvalidInputError(f"view_dim must be >= 1 or None, got {self.view_dim}")
         if self.polish_epochs < 0:
             raise InvalidInputError(f"polish_epochs must be >= 0, got {self.polish_epochs}")
+        if not (math.isfinite(self.video_queries) and self.video_queries >= 0):
+            raise InvalidInputError(f"video_queries must be a finite number >= 0, got {self.video_queries}")
         if not 0 <= self.codebook_code_gradient <= 1:
             raise InvalidInputError(f"codebook_code_gradient must lie in [0, 1], got {self.codebook_code_gradient}")
         for name in ("lr", "temperature", "retriever_scale", "sinkhorn_epsilon"):
@@ -368,12 +374,6 @@ def _validate_captions(caption_ordinals: np.ndarray, caption_embeddings: np.ndar
     return ordinals.astype(np.int64), captions
 
 
-def _batches(count: int, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
-    order = torch.randperm(count, generator=generator)
-    for start in range(0, count, batch_size):
-        yield order[start : start + batch_size]
-
-
 def _code_losses(logits: list[torch.Tensor], targets: torch.Tensor, label_smoothing: float) -> list[torch.Tensor]:
     return [F.cross_entropy(level_logits, targets[:, level], label_smoothing=label_smoothing) for level, level_logits in enumerate(logits)]
 
@@ -407,10 +407,15 @@ def _level_step(
     queries: torch.Tensor,
     routes: torch.Tensor,
     ordinals: torch.Tensor,
+    caption_rows: int,
     level: int,
     config: TrainConfig,
 ) -> dict[str, torch.Tensor]:
-    """Compute the losses of one batch while ``level`` trains, with one ``videos`` row ``(B, D)`` per caption."""
+    """Compute the losses of one batch while ``level`` trains, with one ``videos`` row ``(B, D)`` per query.
+
+    The first ``caption_rows`` queries are captions, the others video queries (see
+    ``TrainConfig.video_queries``).
+    """
     batch, views = len(videos), tokenizer.views
     view_vectors = tokenizer.view_vectors(videos)
     flat = view_vectors.reshape(batch * views, -1)
@@ -437,8 +442,11 @@ def _level_step(
 
     rows = torch.arange(batch, device=videos.device)
     routed = F.normalize(straight_through[rows, routes], dim=-1)
+    # A video as its own query would pull every view towards the video, so the
+    # contrastive loss sees the caption rows only.
+    captions = slice(0, caption_rows)
     losses = {
-        "contrastive": _contrastive_loss(tokenizer.project_queries(queries), routed, ordinals, config.temperature),
+        "contrastive": _contrastive_loss(tokenizer.project_queries(queries[captions]), routed[captions], ordinals[captions], config.temperature),
         "reconstruction": 1.0 - F.cosine_similarity(tokenizer.decode(straight_through), videos, dim=-1).mean(),
         "commitment": commitment,
     }
@@ -509,10 +517,10 @@ def _train_level(
     for epoch in range(config.epochs_per_level):
         sums: dict[str, float] = {}
         steps = 0
-        for batch in _batches(len(data.queries), config.batch_size, generator):
-            batch = batch.to(data.queries.device)
-            ordinals = data.ordinals[batch]
-            losses = _level_step(tokenizer, retriever, data.videos[ordinals], data.queries[batch], data.routes[batch], ordinals, level, config)
+        for batch in data.batches(config.batch_size, generator):
+            losses = _level_step(
+                tokenizer, retriever, data.videos[batch.ordinals], batch.queries, batch.routes, batch.ordinals, batch.caption_rows, level, config
+            )
             total = _weighted_total(losses, config)
             optimizer.zero_grad(set_to_none=True)
             total.backward()
@@ -534,22 +542,22 @@ def _train_level(
 
 def _fit_retriever_on_codes(
     retriever: GenerativeRetriever,
-    targets: torch.Tensor,
-    queries: torch.Tensor,
+    codes: torch.Tensor,
+    data: _TrainingData,
     epochs: int,
     config: TrainConfig,
     generator: torch.Generator,
 ) -> dict[str, float]:
-    """Train the retriever's own weights on fixed ``(M, L)`` target IDs, all levels at once, and return the last epoch's losses."""
+    """Train the retriever's own weights on fixed ``(N, V, L)`` IDs, all levels at once, and return the last epoch's losses."""
     parameters = [p for name, p in retriever.named_parameters() if not name.startswith("codebooks.")]
     optimizer = torch.optim.Adam(parameters, lr=config.lr)
     epoch_losses: dict[str, float] = {}
     for _ in range(epochs):
-        sums = np.zeros(targets.shape[1])
+        sums = np.zeros(codes.shape[2])
         steps = 0
-        for batch in _batches(len(queries), config.batch_size, generator):
-            batch = batch.to(queries.device)
-            level_losses = _code_losses(retriever(queries[batch], targets[batch]), targets[batch], config.label_smoothing)
+        for batch in data.batches(config.batch_size, generator):
+            targets = codes[batch.ordinals, batch.routes]
+            level_losses = _code_losses(retriever(batch.queries, targets), targets, config.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             torch.stack(level_losses).mean().backward()
             optimizer.step()
@@ -560,11 +568,66 @@ def _fit_retriever_on_codes(
 
 
 @dataclass(frozen=True, eq=False)
+class _Batch:
+    queries: torch.Tensor  # (B, Dq), captions first, then video queries
+    ordinals: torch.Tensor  # (B,) int64, the video of each query
+    routes: torch.Tensor  # (B,) int64, the view each query trains against
+    caption_rows: int
+
+
+@dataclass(frozen=True, eq=False)
 class _TrainingData:
     videos: torch.Tensor  # (N, D)
-    queries: torch.Tensor  # (M, Dq)
+    queries: torch.Tensor  # (M, Dq) caption embeddings
     ordinals: torch.Tensor  # (M,) int64
     routes: torch.Tensor  # (M,) int64
+    views: int
+    video_queries: int  # video queries per epoch, at most N * views
+
+    def batches(self, batch_size: int, generator: torch.Generator) -> Iterator[_Batch]:
+        """Yield one epoch of shuffled batches: every caption once and ``video_queries`` (video, view) pairs drawn anew."""
+        captions = len(self.queries)
+        order = torch.randperm(captions + self.video_queries, generator=generator)
+        pairs = None
+        if self.video_queries:
+            # Every (video, view) pair once before any pair repeats.
+            count = len(self.videos) * self.views
+            rounds = -(-self.video_queries // count)
+            pairs = torch.cat([torch.randperm(count, generator=generator) for _ in range(rounds)])[: self.video_queries]
+        for start in range(0, len(order), batch_size):
+            rows = order[start : start + batch_size]
+            caption = rows[rows < captions].to(self.queries.device)
+            if pairs is None:
+                yield _Batch(self.queries[caption], self.ordinals[caption], self.routes[caption], len(caption))
+                continue
+            pair = pairs[rows[rows >= captions] - captions].to(self.queries.device)
+            videos, views = pair // self.views, pair % self.views
+            yield _Batch(
+                torch.cat((self.queries[caption], self.videos[videos])),
+                torch.cat((self.ordinals[caption], videos)),
+                torch.cat((self.routes[caption], views)),
+                len(caption),
+            )
+
+
+def _training_data(
+    videos: np.ndarray, ordinals: np.ndarray, captions: np.ndarray, routes: np.ndarray, config: TrainConfig, device: torch.device
+) -> _TrainingData:
+    video_queries = round(config.video_queries * len(captions))
+    if video_queries and videos.shape[1] != captions.shape[1]:
+        logger.warning(
+            "Training without video queries: captions have %d dimensions and videos %d, so videos cannot serve as queries",
+            captions.shape[1], videos.shape[1],
+        )
+        video_queries = 0
+    return _TrainingData(
+        videos=torch.from_numpy(videos).to(device),
+        queries=torch.from_numpy(captions).to(device),
+        ordinals=torch.from_numpy(ordinals).to(device),
+        routes=torch.from_numpy(np.asarray(routes, dtype=np.int64)).to(device),
+        views=config.views,
+        video_queries=video_queries,
+    )
 
 
 def train(
@@ -596,12 +659,7 @@ def train(
         tokenizer = MultiViewTokenizer(videos_np.shape[1], captions_np.shape[1], config.views, view_dim, sizes, generator).to(device)
         retriever = GenerativeRetriever(captions_np.shape[1], config.hidden, tokenizer.codebooks, generator, config.retriever_scale).to(device)
         retriever.codebook_gradient = config.codebook_code_gradient
-        data = _TrainingData(
-            videos=torch.from_numpy(videos_np).to(device),
-            queries=torch.from_numpy(captions_np).to(device),
-            ordinals=torch.from_numpy(ordinals_np).to(device),
-            routes=torch.from_numpy(routes_np).to(device),
-        )
+        data = _training_data(videos_np, ordinals_np, captions_np, routes_np, config, device)
 
         level_losses = []
         dead_codes = []
@@ -613,10 +671,9 @@ def train(
                 on_level_end(level, tokenizer)
 
         tokenizer.requires_grad_(False)
-        codes = tokenizer.assign(videos_np, distinct_ids=config.distinct_ids)
-        targets = torch.from_numpy(codes[ordinals_np, routes_np].astype(np.int64)).to(device)
+        codes = torch.from_numpy(tokenizer.assign(videos_np, distinct_ids=config.distinct_ids).astype(np.int64)).to(device)
         retriever_epochs = config.polish_epochs if config.cotrain else config.levels * config.epochs_per_level + config.polish_epochs
-        retriever_losses = _fit_retriever_on_codes(retriever, targets, data.queries, retriever_epochs, config, generator)
+        retriever_losses = _fit_retriever_on_codes(retriever, codes, data, retriever_epochs, config, generator)
         retriever.requires_grad_(False)
 
     stats = TrainingStats(
@@ -631,6 +688,7 @@ def train(
 
 
 def train_retriever_for_codes(
+    video_embeddings: np.ndarray,
     video_codes: np.ndarray,
     codebooks: list[np.ndarray],
     caption_ordinals: np.ndarray,
@@ -639,14 +697,19 @@ def train_retriever_for_codes(
 ) -> GenerativeRetriever:
     """Train a retriever to decode captions into fixed IDs, e.g. the residual k-means baseline's.
 
+    ``video_embeddings`` ``(N, D)`` serve as video queries (``TrainConfig.video_queries``);
     ``video_codes`` ``(N, V, L)`` and the ``(K_l, d)`` ``codebooks`` stay frozen. With
     ``V > 1`` captions are routed to views as in ``train``. The retriever trains for as
     many epochs as ``train`` gives it in all (``levels * epochs_per_level +
     polish_epochs``), so both compare at equal training.
     """
+    videos_np = _validate_videos(video_embeddings)
     video_codes = np.asarray(video_codes)
-    if video_codes.ndim != 3 or video_codes.shape[2] != len(codebooks):
-        raise InvalidInputError(f"Expected codes of shape (N, V, {len(codebooks)}) for {len(codebooks)} codebooks, got {video_codes.shape}")
+    if video_codes.ndim != 3 or video_codes.shape[2] != len(codebooks) or len(video_codes) != len(videos_np):
+        raise InvalidInputError(
+            f"Expected codes of shape ({len(videos_np)}, V, {len(codebooks)}) for {len(videos_np)} videos and {len(codebooks)} codebooks, "
+            f"got {video_codes.shape}"
+        )
     for level, codebook in enumerate(codebooks):
         if int(video_codes[:, :, level].max()) >= len(codebook):
             raise InvalidInputError(f"Level {level} uses code {int(video_codes[:, :, level].max())}, outside its codebook of {len(codebook)}")
@@ -655,12 +718,14 @@ def train_retriever_for_codes(
     device = torch.device(config.device)
     with _deterministic_algorithms():
         generator = torch.Generator().manual_seed(config.seed)
-        routes = route_captions(ordinals_np, captions_np, len(video_codes), video_codes.shape[1], config.seed, config.view_order)
+        views = video_codes.shape[1]
+        routes = route_captions(ordinals_np, captions_np, len(video_codes), views, config.seed, config.view_order)
         frozen = nn.ParameterList([nn.Parameter(torch.as_tensor(np.asarray(c, dtype=np.float32)), requires_grad=False) for c in codebooks])
         retriever = GenerativeRetriever(captions_np.shape[1], config.hidden, frozen, generator, config.retriever_scale).to(device)
-        targets = torch.from_numpy(video_codes[ordinals_np, routes].astype(np.int64)).to(device)
+        data = _training_data(videos_np, ordinals_np, captions_np, routes, replace(config, views=views), device)
+        codes = torch.from_numpy(video_codes.astype(np.int64)).to(device)
         epochs = config.levels * config.epochs_per_level + config.polish_epochs
-        losses = _fit_retriever_on_codes(retriever, targets, torch.from_numpy(captions_np).to(device), epochs, config, generator)
+        losses = _fit_retriever_on_codes(retriever, codes, data, epochs, config, generator)
         retriever.requires_grad_(False)
     logger.info("Trained a retriever for fixed codes: %s", ", ".join(f"{k} {v:.4f}" for k, v in losses.items()))
     return retriever

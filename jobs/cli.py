@@ -495,6 +495,13 @@ def search(index_dir: Path, text: str, k: int, model: str | None, device: str, a
 @click.option("--codes", "codes_per_level", default=128, show_default=True, type=click.IntRange(min=1, max=65535), help="Codebook size per level; fewer are used for small corpora.")
 @click.option("--epochs", "epochs_per_level", default=5, show_default=True, type=click.IntRange(min=1), help="Training epochs per level.")
 @click.option("--polish-epochs", default=0, show_default=True, type=click.IntRange(min=0), help="Retriever-only epochs on the final semantic IDs.")
+@click.option(
+    "--video-queries",
+    default=1.0,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="Video embeddings that also train the retriever as queries, per epoch, per caption; 0 trains on captions only.",
+)
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed for every random choice in training.")
 @click.option("--no-cotrain", is_flag=True, help="Ablation: train the tokenizer alone, freeze it, then train the retriever.")
 @click.option("--no-diversity", is_flag=True, help="Ablation: turn off distinct IDs per video, balanced assignment, dead-code resets and the diversity loss.")
@@ -511,6 +518,7 @@ def train(
     codes_per_level: int,
     epochs_per_level: int,
     polish_epochs: int,
+    video_queries: float,
     seed: int,
     no_cotrain: bool,
     no_diversity: bool,
@@ -534,6 +542,7 @@ def train(
         codes_per_level=codes_per_level,
         epochs_per_level=epochs_per_level,
         polish_epochs=polish_epochs,
+        video_queries=video_queries,
         seed=seed,
         cotrain=not no_cotrain,
         device=device,
