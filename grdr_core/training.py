@@ -58,6 +58,7 @@ logger = logging.getLogger(__name__)
 MODEL_FORMAT_VERSION = 1
 MODEL_WEIGHTS_FILE = "multiview.safetensors"
 MODEL_CONFIG_FILE = "multiview.json"
+MAX_VIDEO_QUERIES = 1000  # per caption and epoch
 DEVICES = ("cpu", "cuda")
 
 
@@ -73,10 +74,11 @@ class TrainConfig:
     epochs_per_level: int = 5
     polish_epochs: int = 0  # retriever-only epochs on the final, frozen IDs
     # Video embeddings that also train the retriever as queries, per epoch, as a fraction
-    # of the caption count. Each is a (video, view) pair whose target is that view's ID,
-    # so the retriever also learns the IDs of videos without captions.
+    # of the caption count (at most MAX_VIDEO_QUERIES). Each is a (video, view) pair
+    # whose target is that view's ID, so the retriever also learns the IDs of videos
+    # without captions. They enter every loss but the contrastive one.
     video_queries: float = 1.0
-    batch_size: int = 256  # captions per step
+    batch_size: int = 256  # queries per step: captions and video queries
     lr: float = 3e-3  # Adam
     seed: int = 0
     label_smoothing: float = 0.1
@@ -118,8 +120,8 @@ class TrainConfig:
             raise InvalidInputError(f"view_dim must be >= 1 or None, got {self.view_dim}")
         if self.polish_epochs < 0:
             raise InvalidInputError(f"polish_epochs must be >= 0, got {self.polish_epochs}")
-        if not (math.isfinite(self.video_queries) and self.video_queries >= 0):
-            raise InvalidInputError(f"video_queries must be a finite number >= 0, got {self.video_queries}")
+        if not 0 <= self.video_queries <= MAX_VIDEO_QUERIES:
+            raise InvalidInputError(f"video_queries must lie in [0, {MAX_VIDEO_QUERIES}], got {self.video_queries}")
         if not 0 <= self.codebook_code_gradient <= 1:
             raise InvalidInputError(f"codebook_code_gradient must lie in [0, 1], got {self.codebook_code_gradient}")
         for name in ("lr", "temperature", "retriever_scale", "sinkhorn_epsilon"):
@@ -317,7 +319,9 @@ class TrainedModel:
             raise IndexFormatError(f"Model in {directory} has format version {header.get('format_version')}, expected {MODEL_FORMAT_VERSION}")
 
         known = {f.name for f in fields(TrainConfig)}
-        config = replace(TrainConfig(**{k: v for k, v in header["train_config"].items() if k in known}), device=device)
+        # Models saved before video queries existed were trained without them.
+        recorded = {"video_queries": 0.0, **header["train_config"]}
+        config = replace(TrainConfig(**{k: v for k, v in recorded.items() if k in known}), device=device)
         tokenizer = MultiViewTokenizer(header["video_dim"], header["query_dim"], header["views"], header["view_dim"], header["codebook_sizes"])
         retriever = GenerativeRetriever(header["query_dim"], header["hidden"], tokenizer.codebooks)
         try:
@@ -442,14 +446,17 @@ def _level_step(
 
     rows = torch.arange(batch, device=videos.device)
     routed = F.normalize(straight_through[rows, routes], dim=-1)
-    # A video as its own query would pull every view towards the video, so the
-    # contrastive loss sees the caption rows only.
-    captions = slice(0, caption_rows)
     losses = {
-        "contrastive": _contrastive_loss(tokenizer.project_queries(queries[captions]), routed[captions], ordinals[captions], config.temperature),
         "reconstruction": 1.0 - F.cosine_similarity(tokenizer.decode(straight_through), videos, dim=-1).mean(),
         "commitment": commitment,
     }
+    # A video as its own query would pull every view towards the video, so the
+    # contrastive loss sees the caption rows only (a batch may hold none).
+    if caption_rows > 0:
+        captions = slice(0, caption_rows)
+        losses["contrastive"] = _contrastive_loss(
+            tokenizer.project_queries(queries[captions]), routed[captions], ordinals[captions], config.temperature
+        )
     if views > 1 and config.diversity_weight > 0:
         losses["diversity"] = _diversity_loss(view_vectors, config.diversity_margin)
 
@@ -516,7 +523,7 @@ def _train_level(
     epoch_losses: dict[str, float] = {}
     for epoch in range(config.epochs_per_level):
         sums: dict[str, float] = {}
-        steps = 0
+        counts: dict[str, int] = {}
         for batch in data.batches(config.batch_size, generator):
             losses = _level_step(
                 tokenizer, retriever, data.videos[batch.ordinals], batch.queries, batch.routes, batch.ordinals, batch.caption_rows, level, config
@@ -530,8 +537,8 @@ def _train_level(
                 optimizer.step()
             for name, value in losses.items():
                 sums[name] = sums.get(name, 0.0) + float(value.detach())
-            steps += 1
-        epoch_losses = {name: value / steps for name, value in sums.items()}
+                counts[name] = counts.get(name, 0) + 1
+        epoch_losses = {name: value / counts[name] for name, value in sums.items()}
         if config.reinit_dead_codes and epoch + 1 < config.epochs_per_level:
             dead_total += tokenizer.reinit_dead_codes(level, data.videos, generator)
         if config.refit_code_lengths:
@@ -582,7 +589,7 @@ class _TrainingData:
     ordinals: torch.Tensor  # (M,) int64
     routes: torch.Tensor  # (M,) int64
     views: int
-    video_queries: int  # video queries per epoch, at most N * views
+    video_queries: int  # video queries per epoch; (video, view) pairs repeat when there are more than N * views
 
     def batches(self, batch_size: int, generator: torch.Generator) -> Iterator[_Batch]:
         """Yield one epoch of shuffled batches: every caption once and ``video_queries`` (video, view) pairs drawn anew."""
@@ -641,7 +648,8 @@ def train(
 
     ``video_embeddings`` ``(N, D)`` float32, ``caption_ordinals`` ``(M,)`` the video of
     each training caption, ``caption_embeddings`` ``(M, Dq)`` float32. ``Dq`` may differ
-    from ``D`` (a different query encoder). ``on_level_end(level, tokenizer)``, if given,
+    from ``D`` (a different query encoder); videos then cannot serve as queries, and
+    training skips video queries with a warning. ``on_level_end(level, tokenizer)``, if given,
     runs after each level has trained, e.g. for progress reports. The same inputs and
     config give identical weights on the same hardware and torch build.
     """

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -230,6 +232,29 @@ def test_save_load_round_trip(tmp_path: Path, small_corpus, small_model):
         assert np.array_equal(runtime.logits(0, runtime.start(queries)), small_model.runtime().logits(0, states))
 
 
+def test_model_saved_before_video_queries_loads_without_them(tmp_path: Path, small_model):
+    small_model.save(tmp_path / "model")
+    header_file = tmp_path / "model" / "multiview.json"
+    header = json.loads(header_file.read_text())
+    assert header["train_config"]["video_queries"] == SMALL_CONFIG.video_queries
+    del header["train_config"]["video_queries"]
+    header_file.write_text(json.dumps(header))
+
+    # An update retrains with the recorded settings, so an old model must not gain video queries.
+    assert TrainedModel.load(tmp_path / "model").config.video_queries == 0.0
+
+
+def test_batches_without_captions_keep_losses_finite(small_corpus):
+    # 9 captions and 200 video queries per epoch in batches of 64: most batches hold no caption.
+    rows = small_corpus.train_captions[:9]
+    config = dataclasses.replace(SMALL_CONFIG, video_queries=200 / 9)
+    model = train(small_corpus.video_embeddings, small_corpus.caption_ordinals[rows], small_corpus.caption_embeddings[rows], config)
+
+    for losses in model.stats.level_losses:
+        assert "contrastive" in losses
+        assert all(np.isfinite(value) for value in losses.values()), losses
+
+
 def test_torch_and_runtime_logits_agree(small_corpus, small_model):
     queries = small_corpus.caption_embeddings[:64]
     codes = small_model.assign(small_corpus.video_embeddings)[small_corpus.caption_ordinals[:64], 0].astype(np.int64)
@@ -256,12 +281,15 @@ def test_earlier_codebooks_stay_frozen(small_run):
     assert snapshots[0][1].abs().sum() == 0
 
 
-def test_query_dimension_may_differ_from_video(small_corpus):
+def test_query_dimension_may_differ_from_video(small_corpus, caplog):
     # A query encoder of another width: captions embedded in 48 dimensions.
     projection = np.random.default_rng(0).normal(size=(small_corpus.caption_embeddings.shape[1], 48)).astype(np.float32)
     captions = small_corpus.caption_embeddings @ projection
     config = dataclasses.replace(SMALL_CONFIG, view_dim=32, epochs_per_level=1)
-    model = train(small_corpus.video_embeddings, small_corpus.caption_ordinals, captions, config)
+    with caplog.at_level(logging.WARNING, logger="grdr_core.training"):
+        model = train(small_corpus.video_embeddings, small_corpus.caption_ordinals, captions, config)
+
+    assert "Training without video queries: captions have 48 dimensions and videos 64" in caplog.text
 
     assert model.runtime().query_dim == 48
     assert model.assign(small_corpus.video_embeddings).shape == (len(small_corpus.video_embeddings), 4, 3)
@@ -341,8 +369,9 @@ def test_routing_never_mixes_concepts_in_a_view():
         ({"view_order": "random"}, "accepted: anchors, size"),
         ({"device": "tpu"}, "accepted: cpu, cuda"),
         ({"label_smoothing": 1.0}, "label_smoothing"),
-        ({"video_queries": -0.5}, "video_queries must be"),
-        ({"video_queries": float("nan")}, "video_queries must be"),
+        ({"video_queries": -0.5}, r"video_queries must lie in \[0, 1000"),
+        ({"video_queries": 1e300}, "video_queries must lie in"),
+        ({"video_queries": float("nan")}, "video_queries must lie in"),
     ],
 )
 def test_config_rejects_invalid_values(change, message):

@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -449,7 +450,8 @@ def test_concurrent_readers_never_see_a_mix(versions_src, tmp_path):
 # --- training and the command line ---------------------------------------------------------------
 
 
-def test_train_publishes_linked_version(tmp_path):
+def _small_index_with_captions(tmp_path: Path):
+    """Build a 40-video index from synthetic embeddings; write its training captions to captions.parquet."""
     from grdr_core.testing.synthetic import SyntheticConfig, make_synthetic_corpus
 
     corpus = make_synthetic_corpus(SyntheticConfig(num_videos=40, num_concepts=6, dim=16, seed=1))
@@ -466,6 +468,11 @@ def test_train_publishes_linked_version(tmp_path):
         ),
         tmp_path / "captions.parquet",
     )
+    return corpus, root
+
+
+def test_train_publishes_linked_version(tmp_path):
+    corpus, root = _small_index_with_captions(tmp_path)
     config = TrainConfig(views=2, levels=2, codes_per_level=4, hidden=16, epochs_per_level=1, polish_epochs=1, seed=0)
 
     summary = train_index(root, config, caption_embeddings=tmp_path / "captions.parquet", keep=2)
@@ -480,6 +487,24 @@ def test_train_publishes_linked_version(tmp_path):
     with Searcher(root) as searcher:
         assert searcher.index.version == "v000002"
         assert len(searcher.search_embeddings(corpus.caption_embeddings[:2], k=3)) == 2
+
+
+def test_cli_train_passes_video_queries(tmp_path):
+    _, root = _small_index_with_captions(tmp_path)
+    runner = CliRunner()
+    small = ["--views", "2", "--levels", "2", "--codes", "4", "--epochs", "1"]
+
+    trained = runner.invoke(cli, ["train", str(root), "--caption-embeddings", str(tmp_path / "captions.parquet"), *small, "--video-queries", "0.5"])
+    assert trained.exit_code == 0, trained.output
+    model_config = json.loads((IndexRoot(root).version_dir(read_current(root)) / "model" / "multiview.json").read_text())
+    assert model_config["train_config"]["video_queries"] == 0.5
+
+    for bad in ("-1", "1001", "nan"):
+        rejected = runner.invoke(cli, ["train", str(root), "--caption-embeddings", str(tmp_path / "captions.parquet"), *small, "--video-queries", bad])
+        assert rejected.exit_code != 0, bad
+        # Click rejects a negative value itself; TrainConfig rejects the others (the CLI prints it on one line).
+        message = rejected.output + str(rejected.exception or "")
+        assert "video-queries" in message or "video_queries must lie in [0, 1000]" in message, message
 
 
 def test_cli_versions_and_rollback(versions_src, tmp_path):
