@@ -63,7 +63,7 @@ class EvalConfig:
     ivf_nprobe: int = 8
     latency_k: int = 10  # results per timed query
     seed: int = 0
-    sweep_beams: tuple[int, ...] = (10, 20, 50, 100, 200, 400)
+    sweep_beams: tuple[int, ...] = (10, 20, 50, 100, 200, 300, 400)  # 300: the default beam
     corpus_fractions: tuple[float, ...] = (0.1, 0.3, 1.0)
     latency_queries: int = 200  # queries timed per sub-corpus in the corpus-size sweep
 

@@ -67,13 +67,17 @@ def _version_text(report: dict[str, Any]) -> str:
     return f"version {report['version']}, " if report.get("version") else ""
 
 
+def _shortened(text: str, length: int) -> str:
+    return text if len(text) <= length else f"{text[:length]}..."
+
+
 def format_report(report: dict[str, Any]) -> str:
     videos = report["videos"]
     ids = report["semantic_ids"]
     lines = [
         f"index        {report['index']} ({_version_text(report)}format {report['format_version']})",
         *([f"cached at    {report['cached_at']}"] if report.get("cached_at") else []),
-        f"encoder      {report['encoder']['name']} ({report['encoder']['checksum'][:23]}..., dim {report['encoder']['dim']})",
+        f"encoder      {report['encoder']['name']} ({_shortened(report['encoder']['checksum'], 23)}, dim {report['encoder']['dim']})",
         f"videos       {videos['discovered']} discovered, {videos['indexed']} indexed",
     ]
     lines += [f"  {status:<16} {count}" for status, count in videos["by_status"].items()]

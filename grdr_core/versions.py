@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from grdr_core.errors import IndexExistsError, IndexFormatError, InvalidInputError
-from grdr_schemas.index import IndexLayout, IndexRoot, version_name, version_number
+from grdr_schemas.index import INDEX_FORMAT_VERSION, IndexLayout, IndexRoot, version_name, version_number
 
 logger = logging.getLogger(__name__)
 
@@ -297,8 +297,15 @@ def rollback(root: str | os.PathLike[str], to: str | None = None) -> str:
             if not older:
                 raise InvalidInputError(f"Index {root} has no version older than the current {current}; versions: {', '.join(names)}")
             target = older[-1]
-        if not is_index_version(IndexRoot(root).version_dir(target)):
+        target_dir = IndexRoot(root).version_dir(target)
+        if not is_index_version(target_dir):
             raise IndexFormatError(f"Version {target} of {root} is incomplete (no valid index.json, shards/ or trie.lmdb); choose another")
+        format_version = (_read_header_or_none(target_dir) or {}).get("format_version")
+        if format_version != INDEX_FORMAT_VERSION:
+            raise IndexFormatError(
+                f"Version {target} of {root} has index format {format_version}, and this grdr reads format {INDEX_FORMAT_VERSION} only; "
+                "choose another version or rebuild the index"
+            )
         _write_current(root, target)
     logger.info("Rollback made version %s current in index %s", target, root)
     return target
