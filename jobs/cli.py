@@ -572,6 +572,8 @@ def query(index_dir: Path, text: str, k: int, beam: int, max_candidates: int, mo
     if as_json:
         payload = {
             "query": text,
+            "beam": beam,
+            "max_candidates": max_candidates,
             "results": [asdict(h) for h in result.hits],
             "candidates": result.candidates,
             "timings_ms": result.timings_ms,

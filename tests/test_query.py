@@ -15,6 +15,7 @@ from click.testing import CliRunner
 from grdr_core.embedding_index import build_index_from_embeddings
 from grdr_core.errors import IndexFormatError, InvalidInputError, ModelLoadError
 from grdr_core.quantize import QuantizerConfig
+from grdr_core.query_checks import DEFAULT_BEAM, DEFAULT_MAX_CANDIDATES
 from grdr_core.searcher import Searcher
 from grdr_core.testing.synthetic import SyntheticConfig, make_synthetic_corpus
 from grdr_core.train_index import train_index
@@ -304,6 +305,7 @@ def test_msvd_build_train_query_offline(tiny_clip_dir, tmp_path):
     result = runner.invoke(cli, ["query", str(index_dir), "a man plays a guitar", "-k", "5", "--json"])
     assert result.exit_code == 0, result.output
     payload = json.loads(result.stdout)
+    assert (payload["beam"], payload["max_candidates"]) == (DEFAULT_BEAM, DEFAULT_MAX_CANDIDATES)
     assert len(payload["results"]) == 5
     assert {r["video_id"] for r in payload["results"]} <= {f"{clip}.avi" for clip in clips}
     assert 5 <= payload["candidates"] <= 11
