@@ -9,7 +9,7 @@ For each corpus size the script:
    ``build_index_from_features``, the code behind ``grdr-index build --features``.
 3. trains the multi-view model on the captions of the first ``--train-videos`` videos
    (one model serves every size, as in ``recall_speed.py``; with ``--train-on-corpus``
-   training also sees every other video, as ``grdr-index train`` does), assigns IDs to
+   training also uses every other video, as ``grdr-index train`` does), assigns IDs to
    every video and republishes the index.
 4. runs ``grdr_core.evaluation.evaluate`` on the held-out captions: grdr, exact dense
    search, FAISS HNSW and FAISS IVF-PQ, with R@k, latency per query on one thread and

@@ -451,7 +451,7 @@ def _level_step(
         "commitment": commitment,
     }
     # A video as its own query would pull every view towards the video, so the
-    # contrastive loss sees the caption rows only (a batch may hold none).
+    # contrastive loss uses the caption rows only (a batch may contain none).
     if caption_rows > 0:
         captions = slice(0, caption_rows)
         losses["contrastive"] = _contrastive_loss(
@@ -589,7 +589,7 @@ class _TrainingData:
     ordinals: torch.Tensor  # (M,) int64
     routes: torch.Tensor  # (M,) int64
     views: int
-    video_queries: int  # video queries per epoch; (video, view) pairs repeat when there are more than N * views
+    video_queries: int  # video queries per epoch, so (video, view) pairs repeat when there are more than N * views
 
     def batches(self, batch_size: int, generator: torch.Generator) -> Iterator[_Batch]:
         """Yield one epoch of shuffled batches: every caption once and ``video_queries`` (video, view) pairs drawn anew."""
