@@ -30,6 +30,24 @@ def _save(figure: Figure, path: Path) -> None:
     figure.savefig(path, dpi=120)
 
 
+def beam_labels(sweep: list[dict[str, Any]], min_gap: float = 0.03) -> list[tuple[float, str]]:
+    """Return the x position and text of each beam label of ``plot_beam_sweep``.
+
+    Beams past the candidate cap give the same point, and on small corpora neighbouring
+    beams give nearly the same candidate count, so points closer than ``min_gap`` of the
+    x range share one label, placed at the first of them.
+    """
+    points = sorted(sweep, key=lambda point: point["mean_candidates"])
+    span = points[-1]["mean_candidates"] - points[0]["mean_candidates"]
+    groups: list[list[dict[str, Any]]] = []
+    for point in points:
+        if groups and point["mean_candidates"] - groups[-1][0]["mean_candidates"] <= min_gap * span:
+            groups[-1].append(point)
+        else:
+            groups.append([point])
+    return [(group[0]["mean_candidates"], "beam " + ", ".join(str(point["beam"]) for point in group)) for group in groups]
+
+
 def plot_beam_sweep(sweep: list[dict[str, Any]], dense_r10: float, path: Path) -> None:
     """Plot grdr's R@10 and candidate hit rate against the mean candidate count, one point per beam."""
     figure = Figure(figsize=(6.4, 4.4), layout="constrained")
@@ -38,12 +56,21 @@ def plot_beam_sweep(sweep: list[dict[str, Any]], dense_r10: float, path: Path) -
     axes.plot(x, [point["r10"] for point in sweep], "o-", color=COLORS["grdr"], label="grdr R@10")
     axes.plot(x, [point["candidate_hit"] for point in sweep], "s--", color="tab:orange", label="grdr candidate hit")
     axes.axhline(dense_r10, color=COLORS["dense"], linestyle=":", label="dense R@10")
-    # Beams past the candidate cap give the same point; label each point once with all its beams.
-    labels: dict[tuple[float, float], list[str]] = {}
-    for point in sweep:
-        labels.setdefault((point["mean_candidates"], point["candidate_hit"]), []).append(str(point["beam"]))
-    for position, beams in labels.items():
-        axes.annotate("beam " + ", ".join(beams), position, textcoords="offset points", xytext=(4, 6), fontsize=8)
+    # Labels hang diagonally from one height below the R@10 curve, where the plot is
+    # empty, so that neighbouring labels run parallel.
+    label_height = min(point["r10"] for point in sweep)
+    for position, text in beam_labels(sweep):
+        axes.annotate(
+            text,
+            (position, label_height),
+            textcoords="offset points",
+            xytext=(0, -8),
+            rotation=45,
+            horizontalalignment="right",
+            verticalalignment="top",
+            rotation_mode="anchor",
+            fontsize=8,
+        )
     axes.set_xlabel("mean candidates reranked per query")
     axes.set_ylabel("share of queries")
     axes.set_ylim(0, 1.05)

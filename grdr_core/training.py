@@ -73,7 +73,7 @@ class TrainConfig:
     # (docs/benchmarks.md), because longer training fits the retriever to the training videos.
     epochs_per_level: int = 5
     polish_epochs: int = 0  # retriever-only epochs on the final, frozen IDs
-    # Video embeddings that also train the retriever as queries, per epoch, as a fraction
+    # Video embeddings that also train the retriever as queries, per epoch, as a multiple
     # of the caption count (at most MAX_VIDEO_QUERIES). Each is a (video, view) pair
     # whose target is that view's ID, so the retriever also learns the IDs of videos
     # without captions. They enter every loss but the contrastive one.

@@ -316,6 +316,23 @@ def test_eval_report_renders(trained_index, queries_file, tmp_path):
     assert "grdr is measured on the full index only" in text
 
 
+def test_beam_labels_merge_close_points():
+    from grdr_core.eval_report import beam_labels
+
+    sweep = [
+        {"beam": beam, "mean_candidates": candidates}
+        for beam, candidates in [(20, 31.0), (10, 19.0), (100, 119.0), (200, 223.0), (300, 295.0), (400, 300.0)]
+    ]
+    assert beam_labels(sweep) == [
+        (19.0, "beam 10"),
+        (31.0, "beam 20"),
+        (119.0, "beam 100"),
+        (223.0, "beam 200"),
+        (295.0, "beam 300, 400"),  # 5 apart, under 3% of the 281-candidate range
+    ]
+    assert beam_labels([{"beam": 50, "mean_candidates": 40.0}, {"beam": 100, "mean_candidates": 40.0}]) == [(40.0, "beam 50, 100")]
+
+
 def test_eval_sweeps_cover_beams_and_sizes(trained_index, queries_file):
     config = EvalConfig(max_candidates=100, sweep_beams=(5, 20), corpus_fractions=(0.25, 1.0))
     result = summary(evaluate(trained_index, queries_file, config, sweeps=True))
