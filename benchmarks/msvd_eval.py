@@ -554,7 +554,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--hidden", type=int, default=128, help="Retriever state size.")
     parser.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate of training.")
     parser.add_argument(
-        "--video-queries", type=float, default=1.0, help="Video embeddings as extra retriever queries per epoch, per caption (the default of grdr-index train)."
+        "--video-queries", type=float, default=0.0, help="Video embeddings as extra retriever queries per epoch, per caption (the default of grdr-index train)."
     )
 
     parser.add_argument("--beam", type=int, default=20, help="Beam width of grdr's evaluation.")

@@ -201,7 +201,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="Train on every video of the corpus, as grdr-index train does, with the captions of --train-videos only, "
         "so that video queries can draw any video; each size then trains its own model [default: the captioned videos only].",
     )
-    parser.add_argument("--video-queries", type=float, default=1.0, help="Video queries per epoch, per caption (the default of grdr-index train).")
+    parser.add_argument("--video-queries", type=float, default=0.0, help="Video queries per epoch, per caption (the default of grdr-index train).")
     parser.add_argument("--views", type=int, default=4, help="Semantic IDs per video.")
     parser.add_argument("--levels", type=int, default=3, help="Codes per semantic ID.")
     parser.add_argument("--codes", type=int, default=128, help="Codebook size per level; training shrinks it to sqrt(--train-videos) when that is smaller.")

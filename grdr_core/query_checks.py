@@ -15,10 +15,11 @@ from grdr_core.errors import InvalidInputError
 MAX_K = 10_000
 MAX_BEAM = 1_000
 MAX_CANDIDATES = 100_000
-# Defaults. On MSVD captions (docs/benchmarks.md, "Video queries and full-codebook
-# scores"), beam 300 puts the right video among the candidates for 95.3% of queries on
-# the 1,970-video corpus (295 candidates on average) and 98.0% on the 670-video test
-# pool (225); beam 200 for 94.3% and 97.0%, at about 0.13 ms less per query.
+# Defaults. On MSVD captions (docs/benchmarks.md, "Current default: whole-codebook
+# scores, beam 300"), beam 300 puts the right video among the candidates for 95.0% of
+# queries on the 1,970-video corpus (296 candidates on average) and 97.9% on the
+# 670-video test pool (223). Beam 200 does so for 94.2% and 97.1%, at about 0.2 ms less
+# per query.
 DEFAULT_BEAM = 300
 DEFAULT_MAX_CANDIDATES = 300
 # Longer query texts are rejected before tokenizing. The text encoder truncates shorter

@@ -497,10 +497,10 @@ def search(index_dir: Path, text: str, k: int, model: str | None, device: str, a
 @click.option("--polish-epochs", default=0, show_default=True, type=click.IntRange(min=0), help="Retriever-only epochs on the final semantic IDs.")
 @click.option(
     "--video-queries",
-    default=1.0,
+    default=0.0,
     show_default=True,
     type=click.FloatRange(min=0),
-    help="Video embeddings that also train the retriever as queries, per epoch, as a multiple of the caption count (1: as many as there are captions; 0: captions only; at most 1000).",
+    help="Video embeddings that also train the retriever as queries, per epoch, as a multiple of the caption count (1: as many as there are captions; 0: captions only; at most 1000). See docs/benchmarks.md before turning it on.",
 )
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed for every random choice in training.")
 @click.option("--no-cotrain", is_flag=True, help="Ablation: train the tokenizer alone, freeze it, then train the retriever.")
