@@ -499,8 +499,8 @@ def search(index_dir: Path, text: str, k: int, model: str | None, device: str, a
     "--video-queries",
     default=0.0,
     show_default=True,
-    type=click.FloatRange(min=0),
-    help="Video embeddings that also train the retriever as queries, per epoch, as a multiple of the caption count (1: as many as there are captions; 0: captions only; at most 1000). See docs/benchmarks.md before turning it on.",
+    type=click.FloatRange(min=0, max=1000),  # TrainConfig's MAX_VIDEO_QUERIES; training imports torch, so not imported here
+    help="Video embeddings that also train the retriever as queries, per epoch, as a multiple of the caption count (1: as many as there are captions; 0: captions only). See docs/benchmarks.md before turning it on.",
 )
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed for every random choice in training.")
 @click.option("--no-cotrain", is_flag=True, help="Ablation: train the tokenizer alone, freeze it, then train the retriever.")

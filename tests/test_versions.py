@@ -22,7 +22,7 @@ from grdr_core.quantize import QuantizerConfig
 from grdr_core.search import exact_dense_search
 from grdr_core.searcher import Searcher
 from grdr_core.train_index import train_index
-from grdr_core.training import TrainConfig
+from grdr_core.training import MAX_VIDEO_QUERIES, TrainConfig
 from grdr_core.verify import verify_index
 from grdr_core.versions import (
     list_versions,
@@ -498,6 +498,10 @@ def test_cli_train_passes_video_queries(tmp_path):
     assert trained.exit_code == 0, trained.output
     model_config = json.loads((IndexRoot(root).version_dir(read_current(root)) / "model" / "multiview.json").read_text())
     assert model_config["train_config"]["video_queries"] == 0.5
+
+    # The CLI states the limit without importing torch, so it keeps its own copy.
+    option = next(param for param in cli.commands["train"].params if param.name == "video_queries")
+    assert option.type.max == MAX_VIDEO_QUERIES
 
     for bad in ("-1", "1001", "nan"):
         rejected = runner.invoke(cli, ["train", str(root), "--caption-embeddings", str(tmp_path / "captions.parquet"), *small, "--video-queries", bad])
