@@ -85,8 +85,9 @@ def _check_arguments(runtime: RetrieverRuntime, trie: TrieReader, queries: np.nd
     queries = np.ascontiguousarray(np.atleast_2d(np.asarray(queries, dtype=np.float32)))
     if queries.ndim != 2 or queries.shape[1] != runtime.query_dim:
         raise InvalidInputError(f"Expected queries of shape (B, {runtime.query_dim}), got {queries.shape}")
-    if not np.isfinite(queries).all():
-        bad = np.flatnonzero(~np.isfinite(queries).all(axis=1))
+    finite_rows = np.isfinite(queries).all(axis=1)
+    if not finite_rows.all():
+        bad = np.flatnonzero(~finite_rows)
         raise InvalidInputError(f"Queries must be finite; rows {bad[:5].tolist()} contain NaN or inf")
     return queries
 

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from grdr_core.errors import IndexExistsError, IndexFormatError, InvalidInputError
-from grdr_schemas.index import INDEX_FORMAT_VERSION, IndexLayout, IndexRoot, version_name, version_number
+from grdr_schemas.index import IndexLayout, IndexRoot, version_name, version_number
 
 logger = logging.getLogger(__name__)
 
@@ -300,12 +300,14 @@ def rollback(root: str | os.PathLike[str], to: str | None = None) -> str:
         target_dir = IndexRoot(root).version_dir(target)
         if not is_index_version(target_dir):
             raise IndexFormatError(f"Version {target} of {root} is incomplete (no valid index.json, shards/ or trie.lmdb); choose another")
-        format_version = (_read_header_or_none(target_dir) or {}).get("format_version")
-        if format_version != INDEX_FORMAT_VERSION:
-            raise IndexFormatError(
-                f"Version {target} of {root} has index format {format_version}, and this grdr reads format {INDEX_FORMAT_VERSION} only; "
-                "choose another version or rebuild the index"
-            )
+        # The readers' own header check, so that rollback rejects every version they would.
+        # Imported here because grdr_core.verify imports this module.
+        from grdr_core.verify import read_header
+
+        try:
+            read_header(IndexLayout(target_dir))
+        except IndexFormatError as exc:
+            raise IndexFormatError(f"Cannot roll back to version {target}: {exc}; choose another version") from exc
         _write_current(root, target)
     logger.info("Rollback made version %s current in index %s", target, root)
     return target

@@ -225,8 +225,8 @@ def _assert_same_ids_up_to_near_ties(decoded, expected, tolerance=1e-5):
     """Assert equal ID lists, except that IDs whose log-probs differ by less than ``tolerance`` may swap.
 
     The two paths sum dot products in different orders, so their log-probs differ in the
-    last bits, and two IDs closer than that may come out in either order, or one of them
-    may fall off the end of the beam.
+    last bits. Two IDs closer than that may come out in either order, or one of them may
+    fall off the end of the beam.
     """
     assert len(decoded) == len(expected)
     scores = [d.log_prob for d in expected]

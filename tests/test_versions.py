@@ -540,9 +540,10 @@ def test_cli_versions_and_rollback(versions_src, tmp_path):
     flagged = runner.invoke(cli, ["versions", str(root)]).output.splitlines()
     assert flagged[1].endswith(f"index format 1: this grdr reads format {INDEX_FORMAT_VERSION} only, rebuild it")
     assert "index format" not in flagged[0]
-    refused = runner.invoke(cli, ["rollback", str(root), "--to", "v000002"])
-    assert isinstance(refused.exception, IndexFormatError)
-    assert "has index format 1, and this grdr reads format" in str(refused.exception)
+    rejected = runner.invoke(cli, ["rollback", str(root), "--to", "v000002"])
+    assert isinstance(rejected.exception, IndexFormatError)
+    assert "Cannot roll back to version v000002" in str(rejected.exception)
+    assert f"has format version 1, this grdr reads version {INDEX_FORMAT_VERSION}" in str(rejected.exception)
     assert read_current(root) == "v000001"
 
 
