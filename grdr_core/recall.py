@@ -42,7 +42,7 @@ def beam_search(runtime: RetrieverRuntime, trie: TrieReader, queries: np.ndarray
     """
     return [
         [DecodedId(codes=tuple(codes), log_prob=score) for codes, score in zip(paths.tolist(), scores.tolist())]
-        for paths, scores in _decode(runtime, trie, queries, beam)
+        for paths, scores, _ in _decode(runtime, trie, queries, beam)
     ]
 
 
@@ -51,7 +51,9 @@ def recall_pools(runtime: RetrieverRuntime, trie: TrieReader, queries: np.ndarra
     if max_candidates < 1:
         raise InvalidInputError(f"max_candidates must be >= 1, got {max_candidates}")
     kernels = load_kernels()
-    return [_pool(trie, paths, max_candidates, kernels) for paths, _ in _decode(runtime, trie, queries, beam)]
+    if kernels is None:
+        return [_pool(trie, paths, max_candidates, None) for paths, _, _ in _decode(runtime, trie, queries, beam)]
+    return [trie.pool_entries(entries, max_candidates, kernels.first_occurrences_in_ranges) for _, _, entries in _decode(runtime, trie, queries, beam)]
 
 
 def candidates_from_ids(trie: TrieReader, decoded: list[DecodedId], max_candidates: int) -> np.ndarray:
@@ -92,24 +94,24 @@ def _check_arguments(runtime: RetrieverRuntime, trie: TrieReader, queries: np.nd
     return queries
 
 
-def _decode(runtime: RetrieverRuntime, trie: TrieReader, queries: np.ndarray, beam: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Beam-search each query; return per query its IDs ``(n, levels)`` and their log-probs ``(n,)``, best first."""
+def _decode(runtime: RetrieverRuntime, trie: TrieReader, queries: np.ndarray, beam: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
+    """Beam-search each query; return per query its IDs ``(n, levels)``, their log-probs ``(n,)`` and, from the kernel, their positions in the prefix table ``(n,)``, best first."""
     queries = _check_arguments(runtime, trie, queries, beam)
     if len(queries) == 0:
         return []
     kernels = load_kernels()
     if kernels is None:
         return [
-            (np.array([d.codes for d in ids], dtype=np.int64).reshape(len(ids), runtime.levels), np.array([d.log_prob for d in ids]))
+            (np.array([d.codes for d in ids], dtype=np.int64).reshape(len(ids), runtime.levels), np.array([d.log_prob for d in ids]), None)
             for ids in beam_search_numpy(runtime, trie, queries, beam)
         ]
 
     table = trie.prefix_table()
     if len(table.codes) == 0:
-        return [(np.empty((0, runtime.levels), np.int64), np.empty(0)) for _ in range(len(queries))]
+        return [(np.empty((0, runtime.levels), np.int64), np.empty(0), np.empty(0, np.int64)) for _ in range(len(queries))]
 
     weights = runtime.packed_weights()
-    paths, scores, counts = kernels.decode_batch(
+    paths, scores, entries, counts = kernels.decode_batch(
         queries,
         weights.w_in,
         weights.b_in,
@@ -131,7 +133,7 @@ def _decode(runtime: RetrieverRuntime, trie: TrieReader, queries: np.ndarray, be
             f"The trie does not fit the retriever: it lists codes outside the retriever's codebooks of sizes {runtime.codebook_sizes}, "
             "or more children of one prefix than a codebook has codes; run `grdr-index train` again so that both come from one training run"
         )
-    return [(paths[q, :count], scores[q, :count]) for q, count in enumerate(counts_list)]
+    return [(paths[q, :count], scores[q, :count], entries[q, :count]) for q, count in enumerate(counts_list)]
 
 
 def _pool(trie: TrieReader, paths: np.ndarray, max_candidates: int, kernels: ModuleType | None) -> np.ndarray:

@@ -192,8 +192,9 @@ def _decode_query(  # type: ignore[no-untyped-def]
     beam,
     out_paths,
     out_scores,
+    out_entries,
 ):
-    """Decode one query into ``out_paths``/``out_scores``; return the count or a negative status."""
+    """Decode one query into ``out_paths``/``out_scores``/``out_entries``; return the count or a negative status."""
     levels = code_offsets.shape[0] - 1
     hidden = w_in.shape[0]
     scale32 = np.float32(scale)
@@ -287,6 +288,7 @@ def _decode_query(  # type: ignore[no-untyped-def]
             out_paths[i, level] = chosen_codes[level, row]
             row = parents[level, row]
         out_scores[i] = scores[i]
+        out_entries[i] = nodes[i] - 1
     return rows
 
 
@@ -308,14 +310,15 @@ def decode_batch(  # type: ignore[no-untyped-def]
 ):
     """Beam-search every row of ``queries``; see ``grdr_core.recall.beam_search``.
 
-    Returns paths ``(B, beam, levels)``, scores ``(B, beam)`` and per query the number of
-    IDs found, or ``INVALID_CODE`` / ``TOO_MANY_CHILDREN`` when the trie does not fit the
-    retriever.
+    Returns paths ``(B, beam, levels)``, scores ``(B, beam)``, the position of each ID in
+    ``table_codes`` ``(B, beam)`` and per query the number of IDs found, or
+    ``INVALID_CODE`` / ``TOO_MANY_CHILDREN`` when the trie does not fit the retriever.
     """
     num_queries = queries.shape[0]
     levels = code_offsets.shape[0] - 1
     paths = np.zeros((num_queries, beam, levels), np.int64)
     scores = np.zeros((num_queries, beam), np.float64)
+    entries = np.zeros((num_queries, beam), np.int64)
     counts = np.zeros(num_queries, np.int64)
     for q in range(num_queries):
         counts[q] = _decode_query(
@@ -334,8 +337,9 @@ def decode_batch(  # type: ignore[no-untyped-def]
             beam,
             paths[q],
             scores[q],
+            entries[q],
         )
-    return paths, scores, counts
+    return paths, scores, entries, counts
 
 
 @_jit()

@@ -159,5 +159,10 @@ def rerank(index: Index, query: np.ndarray, candidates: np.ndarray, k: int) -> t
         return np.empty(0, np.int64), np.empty(0, np.float32)
     kernels = load_kernels()
     scores = index.shards.dot(candidates, query, kernels.float16_row_dots if kernels is not None else None)
+    if len(scores) > k:
+        # Keep every candidate that ties the k-th score, so the sort below still breaks ties by ordinal.
+        kth = np.partition(scores, len(scores) - k)[len(scores) - k]
+        keep = np.flatnonzero(scores >= kth)
+        candidates, scores = candidates[keep], scores[keep]
     order = np.lexsort((candidates, -scores))[:k]
     return candidates[order], scores[order]

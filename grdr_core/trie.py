@@ -321,7 +321,20 @@ class TrieReader:
         without it the union is taken with NumPy.
         """
         leaves = self.leaf_indices(paths)
-        leaves = leaves[leaves >= 0]
+        return self._pool_leaves(leaves[leaves >= 0], limit, kernel)
+
+    def pool_entries(self, entries: np.ndarray, limit: int, kernel: Callable[..., np.ndarray] | None = None) -> np.ndarray:
+        """Like ``pool``, for full IDs given as their positions in ``prefix_table().codes``.
+
+        The decode kernel reports these positions, which spares ``pool``'s search for each
+        ID's codes, level by level.
+        """
+        leaves = np.asarray(entries, dtype=np.int64) - self._first_leaf
+        if len(leaves) and (leaves.min() < 0 or leaves.max() >= len(self._posting_ends)):
+            raise InvalidInputError(f"Entries must be positions of full IDs in the prefix table, [{self._first_leaf}, {len(self._prefix_table.codes)})")
+        return self._pool_leaves(leaves, limit, kernel)
+
+    def _pool_leaves(self, leaves: np.ndarray, limit: int, kernel: Callable[..., np.ndarray] | None) -> np.ndarray:
         ends = self._posting_ends[leaves]
         starts = np.where(leaves > 0, self._posting_ends[np.maximum(leaves - 1, 0)], 0)
         with self._mapped() as ordinals:

@@ -289,6 +289,14 @@ def test_trie_leaf_indices_follow_code_order(tmp_path):
     assert [(semantic_id, ordinals.tolist()) for semantic_id, ordinals in trie.iter_postings()] == [((0, 1), [1]), ((2, 1), [2]), ((2, 3), [0])]
     with pytest.raises(InvalidInputError, match=r"shape \(n, 2\)"):
         trie.leaf_indices(np.array([[0, 1, 2]]))
+    # The prefix table lists the root's children 0 and 2, then (0, 1), then (2, 1) and (2, 3).
+    assert trie.prefix_table().codes.tolist() == [0, 2, 1, 1, 3]
+    assert trie.pool_entries(np.array([4, 2, 3]), 10).tolist() == [0, 1, 2]
+    assert trie.pool_entries(np.array([4, 2, 3]), 2).tolist() == [0, 1]
+    assert trie.pool_entries(np.array([4, 2]), 10).tolist() == trie.pool(np.array([[2, 3], [0, 1]]), 10).tolist()
+    for entries in ([1], [5], [-1]):
+        with pytest.raises(InvalidInputError, match="positions of full IDs"):
+            trie.pool_entries(np.array(entries), 10)
     trie.close()
     with pytest.raises(InvalidInputError, match="closed"):
         trie.postings((0, 1))
@@ -321,3 +329,26 @@ def test_truncated_trie_is_rejected(tmp_path):
         file.truncate(8192)
     with pytest.raises(IndexFormatError, match="is truncated: 8192 of"):
         TrieReader(path)
+
+
+@pytest.mark.parametrize("k", [1, 3, 4, 12, 50])
+def test_rerank_orders_by_score_then_ordinal(tmp_path, k):
+    from types import SimpleNamespace
+
+    from grdr_core.searcher import rerank
+
+    # Twelve rows from four distinct vectors, so scores tie in groups of three.
+    rng = np.random.default_rng(3)
+    data = _unit(rng, 4, 8)[np.arange(12) % 4]
+    writer = ShardWriter(tmp_path, dim=8, records_per_shard=5)
+    writer.append(data)
+    writer.close()
+    index = SimpleNamespace(shards=ShardReader(tmp_path, count=12, dim=8, records_per_shard=5))
+    query = data[1] + 0.5 * data[2]
+    candidates = np.array([11, 2, 9, 5, 0, 6, 1, 10, 3, 7, 4, 8])
+    ordinals, scores = rerank(index, query, candidates, k)
+    all_scores = index.shards.get(candidates) @ query
+    expected = candidates[np.lexsort((candidates, -all_scores))][:k]
+    assert ordinals.tolist() == expected.tolist()
+    assert len(set(all_scores.tolist())) == 4
+    np.testing.assert_allclose(scores, np.sort(all_scores)[::-1][: len(expected)], rtol=1e-6)
