@@ -69,8 +69,8 @@ class QuerySet:
         return len(self.query_ids)
 
 
-def read_query_table(path: Path) -> pa.Table:
-    """Read a queries file and check its columns."""
+def read_query_table(path: Path, require_truth: bool = True) -> pa.Table:
+    """Read a queries file and check its columns; ``require_truth`` requires ``video_id``."""
     path = Path(path)
     if not path.is_file():
         raise InvalidInputError(f"Queries file not found: {path}")
@@ -93,7 +93,7 @@ def read_query_table(path: Path) -> pa.Table:
         raise InvalidInputError(f"Cannot parse {path} as {kind}: {exc}{hint}") from exc
 
     columns = table.column_names
-    if "video_id" not in columns:
+    if require_truth and "video_id" not in columns:
         raise InvalidInputError(f"{path} is missing column 'video_id' (the ground truth); it has {columns}")
     if ("text" in columns) == ("embedding" in columns):
         raise InvalidInputError(f"{path} needs exactly one of the columns 'text' and 'embedding'; it has {columns}")
@@ -108,7 +108,7 @@ def _ground_truth_lists(column: pa.ChunkedArray) -> list[list[str | None]]:
     return [[value] for value in column.cast(pa.string()).to_pylist()]
 
 
-def _query_values(path: Path, table: pa.Table, dim: int) -> tuple[list[str] | None, list[np.ndarray] | None]:
+def query_values(path: Path, table: pa.Table, dim: int) -> tuple[list[str] | None, list[np.ndarray] | None]:
     """Return the non-empty text or unit embedding of every row."""
     if "text" in table.column_names:
         texts = table["text"].cast(pa.string()).to_pylist()
@@ -178,7 +178,7 @@ def read_queries(path: Path, index_ids: Sequence[str], dim: int) -> QuerySet:
     """
     path = Path(path)
     table = read_query_table(path)
-    texts, vectors = _query_values(path, table, dim)
+    texts, vectors = query_values(path, table, dim)
     truth_ids = _ground_truth_lists(table["video_id"])
     query_ids = table["query_id"].cast(pa.string()).to_pylist() if "query_id" in table.column_names else None
     resolver = _IdResolver(index_ids)

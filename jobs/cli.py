@@ -40,7 +40,7 @@ def _configure_logging(verbose: bool) -> None:
 def _local_path(ctx: click.Context, param: click.Parameter, value: str | None) -> Path | None:
     """Return an option's value as a local path; a URL is rejected before pathlib could fold it into one."""
     if value is not None and "://" in value:
-        hint = "download the file first" if param.name == "features_path" else "on a cluster, use a shared folder mounted on every node"
+        hint = "download the file first" if param.name in ("features_path", "queries_path") else "on a cluster, use a shared folder mounted on every node"
         raise click.BadParameter(f"{value} is a URL; this option takes a local path ({hint})")
     return Path(value) if value is not None else None
 
@@ -460,21 +460,50 @@ def update(
     click.echo(f"Updated {summary.index_dir}: {summary.describe()}")
 
 
+QUERY_FILE_HELP = (
+    "File of queries to answer instead of TEXT: CSV, JSONL or Parquet with a text or an embedding column "
+    "and an optional query_id, or a .npy matrix of embeddings (one query per row). "
+    "With --json, one JSON object per query and line."
+)
+QUERY_FILE_BATCH = 256  # queries per encoder and recall call
+
+
+def _check_query_source(text: str | None, queries_path: Path | None) -> None:
+    if (text is None) == (queries_path is None):
+        raise click.UsageError("Give either TEXT or --queries FILE, not both and not neither.")
+
+
+def _echo_hits(hits: list[Any]) -> None:
+    for hit in hits:
+        click.echo(f"{hit.rank:>3}  {hit.score:+.4f}  {hit.video_id}")
+
+
+def _echo_query_heading(position: int, query_id: str, text: str | None) -> None:
+    if position:
+        click.echo("")
+    click.echo(f"query {query_id}: {text}" if text is not None else f"query {query_id}")
+
+
 @cli.command()
 @click.argument("index_dir", callback=_local_index)
-@click.argument("text")
+@click.argument("text", required=False)
+@click.option("--queries", "queries_path", default=None, metavar="FILE", callback=_local_path, help=QUERY_FILE_HELP)
 @click.option("-k", "k", default=10, show_default=True, type=click.IntRange(1, MAX_K), help="Number of results.")
 @click.option("--model", default=None, help="Encoder to load instead of the one recorded in the index (a local directory of the same weights).")
 @click.option("--device", default="cpu", show_default=True, help="Torch device for the text encoder.")
 @click.option("--json", "as_json", is_flag=True, help="Print results as JSON.")
-def search(index_dir: Path, text: str, k: int, model: str | None, device: str, as_json: bool) -> None:
-    """Exact dense search: score TEXT against every indexed video."""
+def search(index_dir: Path, text: str | None, queries_path: Path | None, k: int, model: str | None, device: str, as_json: bool) -> None:
+    """Exact dense search: score TEXT (or every query of --queries FILE) against every indexed video."""
     from grdr_core.index import open_index
     from grdr_core.search import load_query_encoder, search_text
 
+    _check_query_source(text, queries_path)
     _quiet_transformers()
     index = open_index(index_dir)
     try:
+        if queries_path is not None:
+            _search_query_file(index, queries_path, k, model, device, as_json)
+            return
         encoder = load_query_encoder(index, model=model, device=device)
         hits = search_text(index, encoder, text, k)
     finally:
@@ -482,8 +511,30 @@ def search(index_dir: Path, text: str, k: int, model: str | None, device: str, a
     if as_json:
         click.echo(json.dumps({"query": text, "results": [asdict(h) for h in hits]}, indent=2))
         return
-    for hit in hits:
-        click.echo(f"{hit.rank:>3}  {hit.score:+.4f}  {hit.video_id}")
+    _echo_hits(hits)
+
+
+def _search_query_file(index: Any, queries_path: Path, k: int, model: str | None, device: str, as_json: bool) -> None:
+    from grdr_core.query_files import read_search_queries
+    from grdr_core.search import exact_dense_search, hits_for, load_query_encoder
+
+    batch = read_search_queries(queries_path, index.shards.dim)
+    encoder = load_query_encoder(index, model=model, device=device) if batch.texts is not None else None
+    for start in range(0, len(batch), QUERY_FILE_BATCH):
+        stop = min(start + QUERY_FILE_BATCH, len(batch))
+        texts = batch.texts[start:stop] if batch.texts is not None else None
+        embeddings = encoder.encode_text(texts) if encoder is not None else batch.embeddings[start:stop]
+        ordinals, scores = exact_dense_search(index.shards, embeddings, k)
+        for row in range(stop - start):
+            query_id = batch.query_ids[start + row]
+            text = texts[row] if texts is not None else None
+            hits = hits_for(index, ordinals[row], scores[row])
+            if as_json:
+                payload = {"query_id": query_id, **({"query": text} if text is not None else {}), "results": [asdict(h) for h in hits]}
+                click.echo(json.dumps(payload))
+                continue
+            _echo_query_heading(start + row, query_id, text)
+            _echo_hits(hits)
 
 
 @cli.command()
@@ -555,33 +606,69 @@ def train(
 
 @cli.command()
 @click.argument("index_dir", callback=_local_index)
-@click.argument("text")
+@click.argument("text", required=False)
+@click.option("--queries", "queries_path", default=None, metavar="FILE", callback=_local_path, help=QUERY_FILE_HELP)
 @click.option("-k", "k", default=10, show_default=True, type=click.IntRange(1, MAX_K), help="Number of results; fewer when fewer videos are candidates.")
 @click.option("--beam", default=DEFAULT_BEAM, show_default=True, type=click.IntRange(1, MAX_BEAM), help="Beam width of the constrained decoding.")
 @click.option("--max-candidates", default=DEFAULT_MAX_CANDIDATES, show_default=True, type=click.IntRange(1, MAX_CANDIDATES), help="Cap on the candidate pool that is reranked.")
 @click.option("--model", default=None, help="Text encoder to load instead of the one recorded in the index (same weights).")
 @click.option("--device", default="cpu", show_default=True, help="Torch device for the text encoder.")
 @click.option("--json", "as_json", is_flag=True, help="Print results as JSON.")
-def query(index_dir: Path, text: str, k: int, beam: int, max_candidates: int, model: str | None, device: str, as_json: bool) -> None:
-    """Answer TEXT with generative recall and dense reranking."""
+def query(index_dir: Path, text: str | None, queries_path: Path | None, k: int, beam: int, max_candidates: int, model: str | None, device: str, as_json: bool) -> None:
+    """Search for TEXT (or each query of --queries FILE) with generative recall and dense reranking."""
     from grdr_core.searcher import Searcher
 
+    _check_query_source(text, queries_path)
     with Searcher(index_dir, model=model, device=device) as searcher:
         _quiet_transformers()
+        if queries_path is not None:
+            _query_file(searcher, queries_path, k, beam, max_candidates, as_json)
+            return
         result = searcher.search(text, k=k, beam=beam, max_candidates=max_candidates)
     if as_json:
-        payload = {
-            "query": text,
+        click.echo(json.dumps(_query_payload(text, result, beam, max_candidates), indent=2))
+        return
+    _echo_query_result(result)
+
+
+def _query_file(searcher: Any, queries_path: Path, k: int, beam: int, max_candidates: int, as_json: bool) -> None:
+    from grdr_core.query_files import read_search_queries
+
+    batch = read_search_queries(queries_path, searcher.index.shards.dim)
+    for start in range(0, len(batch), QUERY_FILE_BATCH):
+        stop = min(start + QUERY_FILE_BATCH, len(batch))
+        if batch.texts is not None:
+            texts: list[str | None] = list(batch.texts[start:stop])
+            results = searcher.search_batch(batch.texts[start:stop], k=k, beam=beam, max_candidates=max_candidates)
+        else:
+            texts = [None] * (stop - start)
+            results = searcher.search_embeddings(batch.embeddings[start:stop], k=k, beam=beam, max_candidates=max_candidates)
+        for row, (text, result) in enumerate(zip(texts, results)):
+            query_id = batch.query_ids[start + row]
+            if as_json:
+                click.echo(json.dumps({"query_id": query_id, **_query_payload(text, result, beam, max_candidates)}))
+                continue
+            _echo_query_heading(start + row, query_id, text)
+            _echo_query_result(result)
+
+
+def _query_payload(text: str | None, result: Any, beam: int, max_candidates: int) -> dict[str, Any]:
+    """Return the JSON fields of one query's result; ``query`` only for a text query."""
+    payload: dict[str, Any] = {"query": text} if text is not None else {}
+    payload.update(
+        {
             "beam": beam,
             "max_candidates": max_candidates,
             "results": [asdict(h) for h in result.hits],
             "candidates": result.candidates,
             "timings_ms": result.timings_ms,
         }
-        click.echo(json.dumps(payload, indent=2))
-        return
-    for hit in result.hits:
-        click.echo(f"{hit.rank:>3}  {hit.score:+.4f}  {hit.video_id}")
+    )
+    return payload
+
+
+def _echo_query_result(result: Any) -> None:
+    _echo_hits(result.hits)
     timings = ", ".join(f"{name} {ms:.2f} ms" for name, ms in result.timings_ms.items())
     click.echo(f"{result.candidates} candidates reranked; {timings}")
 

@@ -217,6 +217,110 @@ def test_unusable_query_embeddings_are_rejected(trained_index, queries, message)
             searcher.search_embeddings(queries)
 
 
+def _held_out_queries(corpus, count):
+    return corpus.caption_embeddings[corpus.test_captions[:count]]
+
+
+def test_cli_query_file_of_embeddings(trained_index, corpus, tmp_path):
+    index_dir, _ = trained_index
+    queries = _held_out_queries(corpus, 300)  # more than one batch of the CLI
+    parquet = tmp_path / "queries.parquet"
+    pq.write_table(pa.table({"query_id": [f"q{i}" for i in range(len(queries))], "embedding": queries.tolist()}), parquet)
+    npy = tmp_path / "queries.npy"
+    np.save(npy, queries * 7.0)  # any length: queries are normalised
+    with Searcher(index_dir) as searcher:
+        expected = [[h.ordinal for h in r.hits] for r in searcher.search_embeddings(queries, k=5)]
+    runner = CliRunner()
+
+    result = runner.invoke(cli, ["query", str(index_dir), "--queries", str(parquet), "-k", "5", "--json"])
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [line["query_id"] for line in lines] == [f"q{i}" for i in range(len(queries))]
+    assert [[hit["ordinal"] for hit in line["results"]] for line in lines] == expected
+    assert all("query" not in line and set(line["timings_ms"]) == {"recall", "rerank"} for line in lines)
+
+    result = runner.invoke(cli, ["query", str(index_dir), "--queries", str(npy), "-k", "5", "--json"])
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [line["query_id"] for line in lines] == [str(i + 1) for i in range(len(queries))]
+    assert [[hit["ordinal"] for hit in line["results"]] for line in lines] == expected
+
+    result = runner.invoke(cli, ["query", str(index_dir), "--queries", str(npy), "-k", "2"])
+    assert result.exit_code == 0, result.output
+    blocks = result.stdout.split("\n\n")
+    assert len(blocks) == len(queries)
+    assert blocks[1].splitlines()[0] == "query 2"
+    assert len(blocks[1].splitlines()) == 4  # heading, two hits, candidates and timings
+
+
+def test_cli_search_file_of_embeddings(trained_index, corpus, tmp_path):
+    from grdr_core.index import open_index
+    from grdr_core.search import exact_dense_search
+
+    index_dir, _ = trained_index
+    queries = _held_out_queries(corpus, 20)
+    npy = tmp_path / "queries.npy"
+    np.save(npy, queries)
+    index = open_index(index_dir)
+    try:
+        expected, _ = exact_dense_search(index.shards, queries / np.linalg.norm(queries, axis=1, keepdims=True), 3)
+    finally:
+        index.close()
+
+    result = CliRunner().invoke(cli, ["search", str(index_dir), "--queries", str(npy), "-k", "3", "--json"])
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [line["query_id"] for line in lines] == [str(i + 1) for i in range(len(queries))]
+    assert [[hit["ordinal"] for hit in line["results"]] for line in lines] == expected.tolist()
+
+
+def _write_npy(path, array):
+    np.save(path, array)
+    return path
+
+
+@pytest.mark.parametrize("command", ["query", "search"])
+def test_cli_query_file_errors(trained_index, tmp_path, command):
+    index_dir, _ = trained_index
+    runner = CliRunner()
+    nan_rows = np.ones((8, 32), np.float32)
+    nan_rows[[2, 6]] = np.nan
+    empty_id = tmp_path / "empty_id.parquet"
+    pq.write_table(pa.table({"query_id": ["a", " "], "embedding": [[1.0] * 32, [1.0] * 32]}), empty_id)
+    no_column = tmp_path / "no_column.csv"
+    no_column.write_text("query_id,caption\nq1,a cat\n")
+    cases = [
+        (_write_npy(tmp_path / "narrow.npy", np.ones((2, 16), np.float32)), "holds 16-dimensional embeddings; the index stores 32-dimensional"),
+        (_write_npy(tmp_path / "nan.npy", nan_rows), r"2 rows are zero or not finite \(rows 3, 7\)"),
+        (_write_npy(tmp_path / "ints.npy", np.ones((2, 32), np.int64)), "2-D floating-point matrix"),
+        (_write_npy(tmp_path / "none.npy", np.ones((0, 32), np.float32)), "has no query rows"),
+        (empty_id, "query_id of row 2 is empty"),
+        (no_column, "needs exactly one of the columns 'text' and 'embedding'"),
+        (tmp_path / "missing.parquet", "Queries file not found"),
+    ]
+    for path, message in cases:
+        result = runner.invoke(cli, [command, str(index_dir), "--queries", str(path)])
+        assert result.exit_code != 0, path
+        assert isinstance(result.exception, InvalidInputError), (path, result.exception)
+        assert re.search(message, str(result.exception)), (path, str(result.exception))
+
+    result = runner.invoke(cli, [command, str(index_dir), "a cat", "--queries", str(empty_id)])
+    assert result.exit_code == 2
+    assert "Give either TEXT or --queries FILE" in result.output
+    result = runner.invoke(cli, [command, str(index_dir)])
+    assert result.exit_code == 2
+    assert "Give either TEXT or --queries FILE" in result.output
+
+
+def test_cli_text_query_file_needs_text_encoder(trained_index, tmp_path):
+    index_dir, _ = trained_index
+    path = tmp_path / "texts.csv"
+    path.write_text("text\na cat\n")
+    result = CliRunner().invoke(cli, ["query", str(index_dir), "--queries", str(path)])
+    assert result.exit_code != 0
+    assert isinstance(result.exception, ModelLoadError)
+
+
 def test_empty_query_batches_return_nothing(trained_index):
     index_dir, _ = trained_index
     with Searcher(index_dir) as searcher:
@@ -310,6 +414,22 @@ def test_msvd_build_train_query_offline(tiny_clip_dir, tmp_path):
     assert {r["video_id"] for r in payload["results"]} <= {f"{clip}.avi" for clip in clips}
     assert 5 <= payload["candidates"] <= 11
     assert set(payload["timings_ms"]) == {"encode", "recall", "rerank"}
+
+    queries = tmp_path / "queries.csv"
+    queries.write_text('query_id,text\nguitar,a man plays a guitar\ncook,"someone is cooking, then eating"\n')
+    result = runner.invoke(cli, ["query", str(index_dir), "--queries", str(queries), "-k", "3", "--json"])
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [(line["query_id"], line["query"]) for line in lines] == [("guitar", "a man plays a guitar"), ("cook", "someone is cooking, then eating")]
+    # Encoded in a batch of two, the first query scores within float32 noise of its single run.
+    assert [hit["ordinal"] for hit in lines[0]["results"]] == [hit["ordinal"] for hit in payload["results"][:3]]
+    np.testing.assert_allclose([hit["score"] for hit in lines[0]["results"]], [hit["score"] for hit in payload["results"][:3]], atol=1e-5)
+    assert all(set(line["timings_ms"]) == {"encode", "recall", "rerank"} for line in lines)
+
+    result = runner.invoke(cli, ["search", str(index_dir), "--queries", str(queries), "-k", "3"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines()[0] == "query guitar: a man plays a guitar"
+    assert len(result.stdout.splitlines()) == 9  # per query a heading and three hits, one blank line between
 
     result = runner.invoke(cli, ["query", str(index_dir), "   "])
     assert result.exit_code != 0

@@ -1,0 +1,92 @@
+"""Query files for batch search: one query per row, as text or as a precomputed embedding.
+
+A table file (CSV, JSONL or Parquet) has exactly one of the columns ``text`` and
+``embedding`` (a list of floats, Parquet or JSONL only). An optional ``query_id`` column
+names each query in the results, which otherwise name it by its 1-based row. Other columns,
+such as the ``video_id`` of an evaluation queries file, are ignored. A ``.npy`` file is a
+``(queries, dim)`` floating-point matrix of embeddings, whose ids are the row numbers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from grdr_core.errors import InvalidInputError
+from grdr_core.eval_queries import QUERY_FORMATS, query_values, read_query_table
+from grdr_core.query_checks import check_query_text
+
+SEARCH_QUERY_FORMATS = sorted([*QUERY_FORMATS, ".npy"])
+
+
+@dataclass
+class QueryBatch:
+    """Queries read from a file; exactly one of ``texts`` and ``embeddings`` is set."""
+
+    query_ids: list[str]
+    texts: list[str] | None
+    embeddings: np.ndarray | None  # (Q, dim) float32, L2-normalised
+
+    def __len__(self) -> int:
+        return len(self.query_ids)
+
+
+def read_search_queries(path: Path, dim: int) -> QueryBatch:
+    """Read a query file for ``grdr-index query`` or ``search``; embeddings must have ``dim`` values.
+
+    Raises ``InvalidInputError`` naming the file and row for a missing file, an unknown
+    format, a missing or empty query, an empty ``query_id``, an embedding of the wrong
+    width, or one that is zero or not finite.
+    """
+    path = Path(path)
+    if path.suffix.lower() == ".npy":
+        return _read_npy(path, dim)
+    table = read_query_table(path, require_truth=False)
+    if table.num_rows == 0:
+        raise InvalidInputError(f"{path} has no query rows")
+    texts, vectors = query_values(path, table, dim)
+    if texts is not None:
+        for row, text in enumerate(texts):
+            try:
+                check_query_text(text, row + 1)
+            except InvalidInputError as exc:
+                raise InvalidInputError(f"{path}: {exc} (query numbers are 1-based rows)") from exc
+    embeddings = np.stack(vectors).astype(np.float32) if vectors is not None else None
+    return QueryBatch(_query_ids(path, table), texts, embeddings)
+
+
+def _query_ids(path: Path, table: pa.Table) -> list[str]:
+    if "query_id" not in table.column_names:
+        return [str(row + 1) for row in range(table.num_rows)]
+    query_ids = table["query_id"].cast(pa.string()).to_pylist()
+    for row, query_id in enumerate(query_ids):
+        if query_id is None or not query_id.strip():
+            raise InvalidInputError(f"{path}: query_id of row {row + 1} is empty; give every row a query_id or drop the column")
+    return query_ids
+
+
+def _read_npy(path: Path, dim: int) -> QueryBatch:
+    if not path.is_file():
+        raise InvalidInputError(f"Queries file not found: {path}")
+    try:
+        matrix = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise InvalidInputError(f"Cannot read {path} as a NumPy array: {exc}") from exc
+    if matrix.ndim == 1:
+        matrix = matrix[None]
+    if matrix.ndim != 2 or matrix.dtype.kind != "f":
+        raise InvalidInputError(f"{path} must hold a 2-D floating-point matrix of query embeddings, got shape {matrix.shape} and dtype {matrix.dtype}")
+    if len(matrix) == 0:
+        raise InvalidInputError(f"{path} has no query rows")
+    if matrix.shape[1] != dim:
+        raise InvalidInputError(f"{path} holds {matrix.shape[1]}-dimensional embeddings; the index stores {dim}-dimensional embeddings")
+    norms = np.linalg.norm(matrix.astype(np.float64), axis=1)
+    bad = np.flatnonzero(~np.isfinite(norms) | (norms == 0))
+    if len(bad):
+        rows = ", ".join(str(row + 1) for row in bad[:5].tolist())
+        raise InvalidInputError(f"{path}: the embeddings of {len(bad)} rows are zero or not finite (rows {rows}{', ...' if len(bad) > 5 else ''})")
+    embeddings = (matrix / norms[:, None]).astype(np.float32)
+    return QueryBatch([str(row + 1) for row in range(len(embeddings))], None, embeddings)
