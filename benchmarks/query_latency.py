@@ -19,7 +19,7 @@ import time
 import numpy as np
 import pyarrow.parquet as pq
 
-from grdr_core.query_checks import DEFAULT_BEAM, DEFAULT_MAX_CANDIDATES
+from grdr_core.query_checks import DEFAULT_BEAM, DEFAULT_LEVEL_DECAY, DEFAULT_MAX_CANDIDATES
 from grdr_core.searcher import Searcher
 
 
@@ -31,6 +31,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=50, help="Untimed queries before timing.")
     parser.add_argument("--beam", type=int, default=DEFAULT_BEAM, help="Beam width.")
     parser.add_argument("--max-candidates", type=int, default=DEFAULT_MAX_CANDIDATES, help="Cap on the candidate pool.")
+    parser.add_argument("--level-decay", type=float, default=DEFAULT_LEVEL_DECAY, help="Factor on each deeper level's logits in beam search (see grdr-index query --help).")
     parser.add_argument("--seed", type=int, default=0, help="Seed of the query sample.")
     args = parser.parse_args()
 
@@ -42,10 +43,10 @@ def main() -> None:
     totals, recall, rerank = [], [], []
     with Searcher(args.index_dir) as searcher:
         for query in queries[: args.warmup]:
-            searcher.search_embeddings(query[None], k=10, beam=args.beam, max_candidates=args.max_candidates)
+            searcher.search_embeddings(query[None], k=10, beam=args.beam, max_candidates=args.max_candidates, level_decay=args.level_decay)
         for query in queries:
             started = time.perf_counter()
-            (result,) = searcher.search_embeddings(query[None], k=10, beam=args.beam, max_candidates=args.max_candidates)
+            (result,) = searcher.search_embeddings(query[None], k=10, beam=args.beam, max_candidates=args.max_candidates, level_decay=args.level_decay)
             totals.append((time.perf_counter() - started) * 1000)
             recall.append(result.timings_ms["recall"])
             rerank.append(result.timings_ms["rerank"])
@@ -57,6 +58,7 @@ def main() -> None:
         "queries": len(queries),
         "beam": args.beam,
         "max_candidates": args.max_candidates,
+        "level_decay": args.level_decay,
         "total_ms": percentiles(totals),
         "recall_ms": percentiles(recall),
         "rerank_ms": percentiles(rerank),

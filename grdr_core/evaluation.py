@@ -32,7 +32,8 @@ from grdr_core.eval_metrics import first_relevant_rank, latency_percentiles, ran
 from grdr_core.eval_queries import QueryFileReport, QuerySet, read_queries
 from grdr_core.retriever_runtime import CONFIG_FILE as RETRIEVER_CONFIG
 from grdr_core.retriever_runtime import WEIGHTS_FILE as RETRIEVER_WEIGHTS
-from grdr_core.searcher import DEFAULT_BEAM, DEFAULT_MAX_CANDIDATES, Searcher
+from grdr_core.query_checks import DEFAULT_BEAM, DEFAULT_LEVEL_DECAY, DEFAULT_MAX_CANDIDATES, check_level_decay
+from grdr_core.searcher import Searcher
 from grdr_schemas.index import IndexLayout
 
 logger = logging.getLogger(__name__)
@@ -56,6 +57,7 @@ DEFINITIONS = {
 class EvalConfig:
     beam: int = DEFAULT_BEAM
     max_candidates: int = DEFAULT_MAX_CANDIDATES
+    level_decay: float = DEFAULT_LEVEL_DECAY  # see grdr_core.recall.beam_search
     hnsw_m: int = 32
     # Raised to ``depth`` where smaller. FAISS searches with max(efSearch, k), so the rank
     # pass searches at depth anyway, and the timed pass at latency_k must search as deep.
@@ -76,6 +78,7 @@ class EvalConfig:
             raise InvalidInputError(f"max_candidates must be at most {MAX_DEPTH}, because grdr returns at most that many results per query; got {self.max_candidates}")
         if self.hnsw_m < 2 or self.hnsw_ef_search < 1:
             raise InvalidInputError(f"HNSW needs M >= 2 and efSearch >= 1, got M={self.hnsw_m} and efSearch={self.hnsw_ef_search}")
+        check_level_decay(self.level_decay)
         if not self.sweep_beams or min(self.sweep_beams) < 1:
             raise InvalidInputError(f"sweep_beams must be a non-empty list of beams >= 1, got {self.sweep_beams}")
         if not self.corpus_fractions or not all(0 < f <= 1 for f in self.corpus_fractions):
@@ -202,12 +205,13 @@ def _ranks(ranked: Sequence[np.ndarray], truth: Sequence[np.ndarray]) -> np.ndar
     return np.array([first_relevant_rank(r, t) for r, t in zip(ranked, truth)], dtype=np.float64)
 
 
-def _grdr_pools(searcher: Searcher, embeddings: np.ndarray, beam: int, max_candidates: int, depth: int) -> tuple[list[np.ndarray], np.ndarray]:
+def _grdr_pools(searcher: Searcher, embeddings: np.ndarray, beam: int, config: EvalConfig) -> tuple[list[np.ndarray], np.ndarray]:
     """Return each query's reranked pool (all of it, since ``depth >= max_candidates``) and pool sizes."""
     ranked = []
     candidates = []
     for start in range(0, len(embeddings), BATCH):
-        for result in searcher.search_embeddings(embeddings[start : start + BATCH], k=depth, beam=beam, max_candidates=max_candidates):
+        batch = embeddings[start : start + BATCH]
+        for result in searcher.search_embeddings(batch, k=config.depth, beam=beam, max_candidates=config.max_candidates, level_decay=config.level_decay):
             ranked.append(np.array([hit.ordinal for hit in result.hits], dtype=np.int64))
             candidates.append(result.candidates)
     return ranked, np.asarray(candidates)
@@ -223,13 +227,14 @@ def run_grdr(
 ) -> MethodRun:
     """Run grdr's recall + rerank: ranks and candidate hits, then per-query latency."""
     count = len(searcher.index.shards)
-    ranked, candidates = _grdr_pools(searcher, embeddings, config.beam, config.max_candidates, config.depth)
+    ranked, candidates = _grdr_pools(searcher, embeddings, config.beam, config)
     candidate_hit = np.array([np.isin(pool, t).any() for pool, t in zip(ranked, truth)])
 
     latency: dict[str, list[float]] = {"total": [], "recall": [], "rerank": []}
     for query in embeddings:
         started = time.perf_counter()
-        result = searcher.search_embeddings(query[None], k=config.latency_k, beam=config.beam, max_candidates=config.max_candidates)[0]
+        limits = {"k": config.latency_k, "beam": config.beam, "max_candidates": config.max_candidates, "level_decay": config.level_decay}
+        result = searcher.search_embeddings(query[None], **limits)[0]
         latency["total"].append((time.perf_counter() - started) * 1000)
         latency["recall"].append(result.timings_ms["recall"])
         latency["rerank"].append(result.timings_ms["rerank"])
@@ -241,7 +246,7 @@ def run_grdr(
         ranks=_ranks(ranked, truth),
         latency_ms=latency_ms,
         bytes_per_video={name: size / count for name, size in sizes.items()},
-        settings={"beam": config.beam, "max_candidates": config.max_candidates, "videos": count},
+        settings={"beam": config.beam, "max_candidates": config.max_candidates, "level_decay": config.level_decay, "videos": count},
         candidates=candidates,
         candidate_hit=candidate_hit,
     )
@@ -286,7 +291,7 @@ def beam_sweep(searcher: Searcher, embeddings: np.ndarray, truth: Sequence[np.nd
     """Measure grdr's R@10, candidate hit rate and mean pool size at each beam of ``config.sweep_beams``."""
     points = []
     for beam in sorted(set(config.sweep_beams)):
-        ranked, candidates = _grdr_pools(searcher, embeddings, beam, config.max_candidates, config.depth)
+        ranked, candidates = _grdr_pools(searcher, embeddings, beam, config)
         hit = np.mean([np.isin(pool, t).any() for pool, t in zip(ranked, truth)])
         points.append(SweepPoint(beam, recall_at(_ranks(ranked, truth), 10), float(hit), float(np.mean(candidates))))
         logger.info("Beam %d: R@10 %.3f, candidate hit %.3f, %.1f candidates", beam, points[-1].r10, hit, points[-1].mean_candidates)

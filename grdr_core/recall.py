@@ -15,6 +15,7 @@ from types import ModuleType
 import numpy as np
 
 from grdr_core.errors import IndexFormatError, InvalidInputError
+from grdr_core.query_checks import DEFAULT_LEVEL_DECAY, check_level_decay
 from grdr_core.retriever_runtime import RetrieverRuntime
 from grdr_core.trie import PrefixTable, TrieReader
 
@@ -27,33 +28,41 @@ _kernels: ModuleType | bool | None = None
 @dataclass(frozen=True)
 class DecodedId:
     codes: tuple[int, ...]
-    log_prob: float  # the retriever's log-probability of the ID: the sum of its codes' log-softmax over the whole codebook
+    # The ID's score: the sum over its codes of the log-softmax over the whole codebook,
+    # with level l's logits scaled by level_decay**l (1: the retriever's log-probability).
+    log_prob: float
 
 
-def beam_search(runtime: RetrieverRuntime, trie: TrieReader, queries: np.ndarray, beam: int) -> list[list[DecodedId]]:
+def beam_search(runtime: RetrieverRuntime, trie: TrieReader, queries: np.ndarray, beam: int, level_decay: float = DEFAULT_LEVEL_DECAY) -> list[list[DecodedId]]:
     """Decode each of ``(B, D)`` queries into at most ``beam`` semantic IDs that exist in the trie.
 
     At every level a beam may only extend with codes that the trie lists as children of
     its prefix. Scores are the model's log-probabilities over the whole codebook, not
     renormalised over those codes: renormalising inflates IDs under prefixes with few
     children, and on the MSVD benchmark it recalled fewer videos with larger pools
-    (docs/benchmarks.md). Returns, per query, the surviving full IDs best first (ties
+    (docs/benchmarks.md). Level l's logits are multiplied by ``level_decay**l`` before
+    the log-softmax, which raises that level's temperature: below 1, the deeper codes,
+    which the retriever predicts less reliably for videos it has no caption of, weigh
+    less in the ranking. Returns, per query, the surviving full IDs best first (ties
     broken by beam row, then code).
     """
     return [
         [DecodedId(codes=tuple(codes), log_prob=score) for codes, score in zip(paths.tolist(), scores.tolist())]
-        for paths, scores, _ in _decode(runtime, trie, queries, beam)
+        for paths, scores, _ in _decode(runtime, trie, queries, beam, level_decay)
     ]
 
 
-def recall_pools(runtime: RetrieverRuntime, trie: TrieReader, queries: np.ndarray, beam: int, max_candidates: int) -> list[np.ndarray]:
+def recall_pools(
+    runtime: RetrieverRuntime, trie: TrieReader, queries: np.ndarray, beam: int, max_candidates: int, level_decay: float = DEFAULT_LEVEL_DECAY
+) -> list[np.ndarray]:
     """Return the candidate pool of each of ``(B, D)`` queries: ``candidates_from_ids`` of its ``beam_search``."""
     if max_candidates < 1:
         raise InvalidInputError(f"max_candidates must be >= 1, got {max_candidates}")
     kernels = load_kernels()
     if kernels is None:
-        return [_pool(trie, paths, max_candidates, None) for paths, _, _ in _decode(runtime, trie, queries, beam)]
-    return [trie.pool_entries(entries, max_candidates, kernels.first_occurrences_in_ranges) for _, _, entries in _decode(runtime, trie, queries, beam)]
+        return [_pool(trie, paths, max_candidates, None) for paths, _, _ in _decode(runtime, trie, queries, beam, level_decay)]
+    decoded = _decode(runtime, trie, queries, beam, level_decay)
+    return [trie.pool_entries(entries, max_candidates, kernels.first_occurrences_in_ranges) for _, _, entries in decoded]
 
 
 def candidates_from_ids(trie: TrieReader, decoded: list[DecodedId], max_candidates: int) -> np.ndarray:
@@ -78,10 +87,11 @@ def load_kernels() -> ModuleType | None:
     return _kernels or None
 
 
-def _check_arguments(runtime: RetrieverRuntime, trie: TrieReader, queries: np.ndarray, beam: int) -> np.ndarray:
+def _check_arguments(runtime: RetrieverRuntime, trie: TrieReader, queries: np.ndarray, beam: int, level_decay: float) -> np.ndarray:
     """Validate the arguments of a beam search; return the queries as a C-contiguous ``(B, D)`` float32 array."""
     if beam < 1:
         raise InvalidInputError(f"beam must be >= 1, got {beam}")
+    check_level_decay(level_decay)
     if trie.levels != runtime.levels:
         raise InvalidInputError(f"The trie has {trie.levels} levels but the retriever decodes {runtime.levels}")
     queries = np.ascontiguousarray(np.atleast_2d(np.asarray(queries, dtype=np.float32)))
@@ -94,16 +104,18 @@ def _check_arguments(runtime: RetrieverRuntime, trie: TrieReader, queries: np.nd
     return queries
 
 
-def _decode(runtime: RetrieverRuntime, trie: TrieReader, queries: np.ndarray, beam: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
+def _decode(
+    runtime: RetrieverRuntime, trie: TrieReader, queries: np.ndarray, beam: int, level_decay: float
+) -> list[tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
     """Beam-search each query; return per query its IDs ``(n, levels)``, their log-probs ``(n,)`` and, from the kernel, their positions in the prefix table ``(n,)``, best first."""
-    queries = _check_arguments(runtime, trie, queries, beam)
+    queries = _check_arguments(runtime, trie, queries, beam, level_decay)
     if len(queries) == 0:
         return []
     kernels = load_kernels()
     if kernels is None:
         return [
             (np.array([d.codes for d in ids], dtype=np.int64).reshape(len(ids), runtime.levels), np.array([d.log_prob for d in ids]), None)
-            for ids in beam_search_numpy(runtime, trie, queries, beam)
+            for ids in beam_search_numpy(runtime, trie, queries, beam, level_decay)
         ]
 
     table = trie.prefix_table()
@@ -121,6 +133,7 @@ def _decode(runtime: RetrieverRuntime, trie: TrieReader, queries: np.ndarray, be
         weights.w_h,
         weights.code_inputs,
         weights.scale,
+        _level_scales(runtime.levels, level_decay),
         table.codes,
         table.first_child,
         table.child_count,
@@ -141,10 +154,13 @@ def _pool(trie: TrieReader, paths: np.ndarray, max_candidates: int, kernels: Mod
     return trie.pool(paths, max_candidates, kernels.first_occurrences_in_ranges if kernels is not None else None)
 
 
-def beam_search_numpy(runtime: RetrieverRuntime, trie: TrieReader, queries: np.ndarray, beam: int) -> list[list[DecodedId]]:
+def beam_search_numpy(
+    runtime: RetrieverRuntime, trie: TrieReader, queries: np.ndarray, beam: int, level_decay: float = DEFAULT_LEVEL_DECAY
+) -> list[list[DecodedId]]:
     """Return what ``beam_search`` returns, computed with a fixed number of NumPy calls per level."""
-    queries = _check_arguments(runtime, trie, queries, beam)
+    queries = _check_arguments(runtime, trie, queries, beam, level_decay)
     num_queries = len(queries)
+    level_scales = _level_scales(runtime.levels, level_decay)
     table = trie.prefix_table()
     if len(table.codes) == 0:
         return [[] for _ in range(num_queries)]
@@ -159,7 +175,7 @@ def beam_search_numpy(runtime: RetrieverRuntime, trie: TrieReader, queries: np.n
     choices: list[tuple[np.ndarray, np.ndarray]] = []
 
     for level in range(runtime.levels):
-        step = _expand(runtime.logits(level, states), nodes, scores, table)
+        step = _expand(runtime.logits(level, states) * level_scales[level], nodes, scores, table)
         if num_queries == 1:
             chosen = _top(step.totals, 0, len(step.totals), beam)
             bounds = np.array([0, len(chosen)])
@@ -186,6 +202,11 @@ def beam_search_numpy(runtime: RetrieverRuntime, trie: TrieReader, queries: np.n
         [DecodedId(codes=paths[row], log_prob=scores_list[row]) for row in range(bounds[q], bounds[q + 1])]
         for q in range(num_queries)
     ]
+
+
+def _level_scales(levels: int, level_decay: float) -> np.ndarray:
+    """Return the float32 factor on each level's logits, ``level_decay**level``."""
+    return (np.float32(level_decay) ** np.arange(levels)).astype(np.float32)
 
 
 def _backtrack(choices: list[tuple[np.ndarray, np.ndarray]]) -> list[tuple[int, ...]]:

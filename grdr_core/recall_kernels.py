@@ -186,6 +186,7 @@ def _decode_query(  # type: ignore[no-untyped-def]
     w_h,
     code_inputs,
     scale,
+    level_scales,
     table_codes,
     first_child,
     child_count,
@@ -238,7 +239,7 @@ def _decode_query(  # type: ignore[no-untyped-def]
                 return TOO_MANY_CHILDREN
 
             squared_norm = _dot(gram_products[row], states[row])
-            factor = scale32 / np.sqrt(max(squared_norm, np.float32(1e-24)))
+            factor = scale32 * level_scales[level] / np.sqrt(max(squared_norm, np.float32(1e-24)))
             # Log-softmax over the whole codebook.
             peak = np.float32(-np.inf)
             for k in range(num_codes):
@@ -303,12 +304,15 @@ def decode_batch(  # type: ignore[no-untyped-def]
     w_h,
     code_inputs,
     scale,
+    level_scales,
     table_codes,
     first_child,
     child_count,
     beam,
 ):
     """Beam-search every row of ``queries``; see ``grdr_core.recall.beam_search``.
+
+    ``level_scales[l]`` (float32) multiplies the logits of level ``l`` before its log-softmax.
 
     Returns paths ``(B, beam, levels)``, scores ``(B, beam)``, the position of each ID in
     ``table_codes`` ``(B, beam)`` and per query the number of IDs found, or
@@ -331,6 +335,7 @@ def decode_batch(  # type: ignore[no-untyped-def]
             w_h,
             code_inputs,
             scale,
+            level_scales,
             table_codes,
             first_child,
             child_count,

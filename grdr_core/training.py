@@ -654,7 +654,8 @@ def train(
     from ``D`` (a different query encoder); videos then cannot serve as queries, and
     training skips video queries with a warning. ``on_level_end(level, tokenizer)``, if given,
     runs after each level has trained, e.g. for progress reports. The same inputs and
-    config give identical weights on the same hardware and torch build.
+    config give identical weights on the same hardware, torch build and number of
+    torch threads.
     """
     videos_np = _validate_videos(video_embeddings)
     ordinals_np, captions_np = _validate_captions(caption_ordinals, caption_embeddings, len(videos_np))

@@ -7,14 +7,14 @@ import logging
 import os
 import sys
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import click
 
 from grdr_core.errors import GrdrError
-from grdr_core.query_checks import DEFAULT_BEAM, DEFAULT_MAX_CANDIDATES, MAX_BEAM, MAX_CANDIDATES, MAX_K
+from grdr_core.query_checks import DEFAULT_BEAM, DEFAULT_LEVEL_DECAY, DEFAULT_MAX_CANDIDATES, MAX_BEAM, MAX_CANDIDATES, MAX_K
 from grdr_core.versions import DEFAULT_KEEP
 from grdr_schemas.build import DEFAULT_FILES_PER_UNIT
 from grdr_schemas.index import INDEX_FORMAT_VERSION
@@ -466,6 +466,7 @@ QUERY_FILE_HELP = (
     "With --json, one JSON object per query and line."
 )
 QUERY_FILE_BATCH = 256  # queries per encoder and recall call
+LEVEL_DECAY_HELP = "Factor on the logits of each deeper level of beam search: level l's logits are scaled by this to the power l before the log-softmax, so below 1 the deeper codes weigh less."
 
 
 def _check_query_source(text: str | None, queries_path: Path | None) -> None:
@@ -611,27 +612,50 @@ def train(
 @click.option("-k", "k", default=10, show_default=True, type=click.IntRange(1, MAX_K), help="Number of results; fewer when fewer videos are candidates.")
 @click.option("--beam", default=DEFAULT_BEAM, show_default=True, type=click.IntRange(1, MAX_BEAM), help="Beam width of the constrained decoding.")
 @click.option("--max-candidates", default=DEFAULT_MAX_CANDIDATES, show_default=True, type=click.IntRange(1, MAX_CANDIDATES), help="Cap on the candidate pool that is reranked.")
+@click.option("--level-decay", default=DEFAULT_LEVEL_DECAY, show_default=True, type=click.FloatRange(0, 1, min_open=True), help=LEVEL_DECAY_HELP)
 @click.option("--model", default=None, help="Text encoder to load instead of the one recorded in the index (same weights).")
 @click.option("--device", default="cpu", show_default=True, help="Torch device for the text encoder.")
 @click.option("--json", "as_json", is_flag=True, help="Print results as JSON.")
-def query(index_dir: Path, text: str | None, queries_path: Path | None, k: int, beam: int, max_candidates: int, model: str | None, device: str, as_json: bool) -> None:
+def query(
+    index_dir: Path,
+    text: str | None,
+    queries_path: Path | None,
+    k: int,
+    beam: int,
+    max_candidates: int,
+    level_decay: float,
+    model: str | None,
+    device: str,
+    as_json: bool,
+) -> None:
     """Search for TEXT (or each query of --queries FILE) with generative recall and dense reranking."""
     from grdr_core.searcher import Searcher
 
     _check_query_source(text, queries_path)
     with Searcher(index_dir, model=model, device=device) as searcher:
         _quiet_transformers()
+        limits = QueryLimits(k, beam, max_candidates, level_decay)
         if queries_path is not None:
-            _query_file(searcher, queries_path, k, beam, max_candidates, as_json)
+            _query_file(searcher, queries_path, limits, as_json)
             return
-        result = searcher.search(text, k=k, beam=beam, max_candidates=max_candidates)
+        result = searcher.search(text, **asdict(limits))
     if as_json:
-        click.echo(json.dumps(_query_payload(text, result, beam, max_candidates), indent=2))
+        click.echo(json.dumps(_query_payload(text, result, limits), indent=2))
         return
     _echo_query_result(result)
 
 
-def _query_file(searcher: Any, queries_path: Path, k: int, beam: int, max_candidates: int, as_json: bool) -> None:
+@dataclass(frozen=True)
+class QueryLimits:
+    """The search settings of one ``query`` command, as keyword arguments of ``Searcher.search``."""
+
+    k: int
+    beam: int
+    max_candidates: int
+    level_decay: float
+
+
+def _query_file(searcher: Any, queries_path: Path, limits: QueryLimits, as_json: bool) -> None:
     from grdr_core.query_files import read_search_queries
 
     batch = read_search_queries(queries_path, searcher.index.shards.dim)
@@ -639,26 +663,27 @@ def _query_file(searcher: Any, queries_path: Path, k: int, beam: int, max_candid
         stop = min(start + QUERY_FILE_BATCH, len(batch))
         if batch.texts is not None:
             texts: list[str | None] = list(batch.texts[start:stop])
-            results = searcher.search_batch(batch.texts[start:stop], k=k, beam=beam, max_candidates=max_candidates)
+            results = searcher.search_batch(batch.texts[start:stop], **asdict(limits))
         else:
             texts = [None] * (stop - start)
-            results = searcher.search_embeddings(batch.embeddings[start:stop], k=k, beam=beam, max_candidates=max_candidates)
+            results = searcher.search_embeddings(batch.embeddings[start:stop], **asdict(limits))
         for row, (text, result) in enumerate(zip(texts, results)):
             query_id = batch.query_ids[start + row]
             if as_json:
-                click.echo(json.dumps({"query_id": query_id, **_query_payload(text, result, beam, max_candidates)}))
+                click.echo(json.dumps({"query_id": query_id, **_query_payload(text, result, limits)}))
                 continue
             _echo_query_heading(start + row, query_id, text)
             _echo_query_result(result)
 
 
-def _query_payload(text: str | None, result: Any, beam: int, max_candidates: int) -> dict[str, Any]:
+def _query_payload(text: str | None, result: Any, limits: QueryLimits) -> dict[str, Any]:
     """Return the JSON fields of one query's result; ``query`` only for a text query."""
     payload: dict[str, Any] = {"query": text} if text is not None else {}
     payload.update(
         {
-            "beam": beam,
-            "max_candidates": max_candidates,
+            "beam": limits.beam,
+            "max_candidates": limits.max_candidates,
+            "level_decay": limits.level_decay,
             "results": [asdict(h) for h in result.hits],
             "candidates": result.candidates,
             "timings_ms": result.timings_ms,
@@ -680,6 +705,7 @@ def _echo_query_result(result: Any) -> None:
 @click.option("--report", "report_dir", default=None, type=click.Path(path_type=Path), help="Directory to write a Markdown report with PNG plots into (adds a beam sweep and a corpus-size sweep).")
 @click.option("--beam", default=DEFAULT_BEAM, show_default=True, type=click.IntRange(1, MAX_BEAM), help="grdr beam width.")
 @click.option("--max-candidates", default=DEFAULT_MAX_CANDIDATES, show_default=True, type=click.IntRange(min=1, max=10_000), help="Cap on grdr's candidate pool; every method returns max(50, this) results for ranking.")
+@click.option("--level-decay", default=DEFAULT_LEVEL_DECAY, show_default=True, type=click.FloatRange(0, 1, min_open=True), help=LEVEL_DECAY_HELP)
 @click.option("--hnsw-m", default=32, show_default=True, type=click.IntRange(min=2), help="Links per node of the FAISS HNSW graph.")
 @click.option("--hnsw-ef-search", default=64, show_default=True, type=click.IntRange(min=1), help="HNSW efSearch; raised to max(50, --max-candidates) where smaller, the number of results ranked per query.")
 @click.option("--ivf-nprobe", default=8, show_default=True, type=click.IntRange(min=1), help="Inverted lists probed per query by FAISS IVF-PQ.")
@@ -693,6 +719,7 @@ def evaluate_command(
     report_dir: Path | None,
     beam: int,
     max_candidates: int,
+    level_decay: float,
     hnsw_m: int,
     hnsw_ef_search: int,
     ivf_nprobe: int,
@@ -707,7 +734,9 @@ def evaluate_command(
 
     if report_dir is not None and report_dir.exists() and not report_dir.is_dir():
         raise click.BadParameter(f"{report_dir} exists and is not a directory", param_hint="--report")
-    config = EvalConfig(beam=beam, max_candidates=max_candidates, hnsw_m=hnsw_m, hnsw_ef_search=hnsw_ef_search, ivf_nprobe=ivf_nprobe, seed=seed)
+    config = EvalConfig(
+        beam=beam, max_candidates=max_candidates, level_decay=level_decay, hnsw_m=hnsw_m, hnsw_ef_search=hnsw_ef_search, ivf_nprobe=ivf_nprobe, seed=seed
+    )
     evaluation = evaluate(index_dir, queries_path, config, model=model, device=device, sweeps=report_dir is not None)
     result = summary(evaluation)
     if report_dir is not None:

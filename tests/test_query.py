@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from grdr_core.embedding_index import build_index_from_embeddings
 from grdr_core.errors import IndexFormatError, InvalidInputError, ModelLoadError
 from grdr_core.quantize import QuantizerConfig
-from grdr_core.query_checks import DEFAULT_BEAM, DEFAULT_MAX_CANDIDATES
+from grdr_core.query_checks import DEFAULT_BEAM, DEFAULT_LEVEL_DECAY, DEFAULT_MAX_CANDIDATES
 from grdr_core.searcher import Searcher
 from grdr_core.testing.synthetic import SyntheticConfig, make_synthetic_corpus
 from grdr_core.train_index import train_index
@@ -245,6 +245,17 @@ def test_cli_query_file_of_embeddings(trained_index, corpus, tmp_path):
     assert [line["query_id"] for line in lines] == [str(i + 1) for i in range(len(queries))]
     assert [[hit["ordinal"] for hit in line["results"]] for line in lines] == expected
 
+    with Searcher(index_dir) as searcher:
+        decayed = [[h.ordinal for h in r.hits] for r in searcher.search_embeddings(queries, k=5, level_decay=0.3)]
+    result = runner.invoke(cli, ["query", str(index_dir), "--queries", str(npy), "-k", "5", "--json", "--level-decay", "0.3"])
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [[hit["ordinal"] for hit in line["results"]] for line in lines] == decayed
+    assert {line["level_decay"] for line in lines} == {0.3}
+    result = runner.invoke(cli, ["query", str(index_dir), "--queries", str(npy), "--level-decay", "0"])
+    assert result.exit_code == 2
+    assert "0<x<=1" in result.output
+
     result = runner.invoke(cli, ["query", str(index_dir), "--queries", str(npy), "-k", "2"])
     assert result.exit_code == 0, result.output
     blocks = result.stdout.split("\n\n")
@@ -409,7 +420,7 @@ def test_msvd_build_train_query_offline(tiny_clip_dir, tmp_path):
     result = runner.invoke(cli, ["query", str(index_dir), "a man plays a guitar", "-k", "5", "--json"])
     assert result.exit_code == 0, result.output
     payload = json.loads(result.stdout)
-    assert (payload["beam"], payload["max_candidates"]) == (DEFAULT_BEAM, DEFAULT_MAX_CANDIDATES)
+    assert (payload["beam"], payload["max_candidates"], payload["level_decay"]) == (DEFAULT_BEAM, DEFAULT_MAX_CANDIDATES, DEFAULT_LEVEL_DECAY)
     assert len(payload["results"]) == 5
     assert {r["video_id"] for r in payload["results"]} <= {f"{clip}.avi" for clip in clips}
     assert 5 <= payload["candidates"] <= 11

@@ -120,14 +120,14 @@ def test_runtime_stores_only_folded_weights(tmp_path):
     assert tensors["code_inputs"].shape == (8, 4)
 
 
-def _reference_beam_search(runtime, trie, query, beam):
+def _reference_beam_search(runtime, trie, query, beam, level_decay=1.0):
     """Plain beam search over ``trie.children``: the definition the vectorised one must match."""
     beams = [((), 0.0, runtime.start(query[None]))]
     for level in range(runtime.levels):
         extended = []
         for row, (prefix, score, state) in enumerate(beams):
             allowed = trie.children(prefix)
-            logits = runtime.logits(level, state)[0].astype(np.float64)
+            logits = runtime.logits(level, state)[0].astype(np.float64) * level_decay**level
             log_probs = logits - logits.max() - np.log(np.exp(logits - logits.max()).sum())
             extended += [(score + log_probs[code], row, int(code)) for code in allowed]
         extended.sort(key=lambda item: (-item[0], item[1], item[2]))
@@ -151,8 +151,9 @@ def _random_runtime(rng, levels, codes, dim, hidden):
     )
 
 
+@pytest.mark.parametrize("level_decay", [1.0, 0.6])
 @pytest.mark.parametrize("search", [beam_search, beam_search_numpy], ids=["compiled", "numpy"])
-def test_beam_search_matches_reference(tmp_path, search):
+def test_beam_search_matches_reference(tmp_path, search, level_decay):
     rng = np.random.default_rng(7)
     codes = rng.integers(0, 6, size=(300, 2, 3), dtype=np.uint16)
     write_trie(tmp_path / "t.lmdb", codes, [6, 6, 6])
@@ -160,8 +161,8 @@ def test_beam_search_matches_reference(tmp_path, search):
     runtime = _random_runtime(rng, levels=3, codes=6, dim=8, hidden=5)
     queries = rng.standard_normal((6, 8)).astype(np.float32)
     for beam in (1, 7, 50):
-        for query, decoded in zip(queries, search(runtime, trie, queries, beam)):
-            expected = _reference_beam_search(runtime, trie, query, beam)
+        for query, decoded in zip(queries, search(runtime, trie, queries, beam, level_decay)):
+            expected = _reference_beam_search(runtime, trie, query, beam, level_decay)
             assert [d.codes for d in decoded] == [prefix for prefix, _ in expected]
             np.testing.assert_allclose([d.log_prob for d in decoded], [score for _, score in expected], rtol=1e-5)
 
@@ -176,14 +177,15 @@ def large_trie_and_runtime(tmp_path):
     return TrieReader(tmp_path / "t.lmdb"), _random_runtime(rng, levels=3, codes=32, dim=48, hidden=66)
 
 
-def test_compiled_recall_matches_numpy_path(large_trie_and_runtime):
+@pytest.mark.parametrize("level_decay", [1.0, 0.5])
+def test_compiled_recall_matches_numpy_path(large_trie_and_runtime, level_decay):
     pytest.importorskip("numba")
     trie, runtime = large_trie_and_runtime
     queries = np.random.default_rng(3).standard_normal((40, 48)).astype(np.float32)
     for beam in (1, 5, 20, 200):
-        compiled = beam_search(runtime, trie, queries, beam)
-        reference = beam_search_numpy(runtime, trie, queries, beam)
-        pools = recall_pools(runtime, trie, queries, beam, max_candidates=150)
+        compiled = beam_search(runtime, trie, queries, beam, level_decay)
+        reference = beam_search_numpy(runtime, trie, queries, beam, level_decay)
+        pools = recall_pools(runtime, trie, queries, beam, max_candidates=150, level_decay=level_decay)
         for decoded, expected, pool in zip(compiled, reference, pools):
             _assert_same_ids_up_to_near_ties(decoded, expected)
             np.testing.assert_allclose([d.log_prob for d in decoded], [d.log_prob for d in expected], rtol=1e-5, atol=1e-6)
@@ -191,6 +193,32 @@ def test_compiled_recall_matches_numpy_path(large_trie_and_runtime):
             np.testing.assert_array_equal(candidates_from_ids(trie, decoded, max_candidates=150), pool)
             if [d.codes for d in decoded] == [d.codes for d in expected]:
                 np.testing.assert_array_equal(pool, candidates_from_ids_numpy(trie, expected, max_candidates=150))
+
+
+@pytest.mark.parametrize("level_decay", [0.0, -0.5, 1.5, float("nan"), True, "0.5"])
+@pytest.mark.parametrize("search", [beam_search, beam_search_numpy], ids=["compiled", "numpy"])
+def test_beam_search_rejects_bad_level_decay(trie, search, level_decay):
+    with pytest.raises(InvalidInputError, match=r"level_decay must be a number in \(0, 1\]"):
+        search(_runtime(), trie, np.eye(4, dtype=np.float32)[:1], 3, level_decay)
+
+
+def test_level_decay_reorders_deep_codes(tmp_path):
+    # Two IDs under one first code: the second code's logits decide between them, and
+    # a decay near 0 flattens them, so the totals become nearly equal.
+    rng = np.random.default_rng(4)
+    write_trie(tmp_path / "t.lmdb", np.array([[[0, 1]], [[0, 2]], [[1, 3]]], dtype=np.uint16), [4, 4])
+    trie = TrieReader(tmp_path / "t.lmdb")
+    runtime = _random_runtime(rng, levels=2, codes=4, dim=6, hidden=5)
+    query = rng.standard_normal((1, 6)).astype(np.float32)
+    sharp = {d.codes: d.log_prob for d in beam_search(runtime, trie, query, 3)[0]}
+    flat = {d.codes: d.log_prob for d in beam_search(runtime, trie, query, 3, level_decay=1e-6)[0]}
+    assert abs(sharp[(0, 1)] - sharp[(0, 2)]) > 0.01
+    assert abs(flat[(0, 1)] - flat[(0, 2)]) < 1e-4
+    # The first level is not scaled, and the flattened second level gives each of its 4 codes log(1/4).
+    first = runtime.logits(0, runtime.start(query))[0].astype(np.float64)
+    first_log_probs = first - first.max() - np.log(np.exp(first - first.max()).sum())
+    assert flat[(0, 1)] == pytest.approx(first_log_probs[0] + np.log(0.25), abs=1e-4)
+    assert flat[(1, 3)] == pytest.approx(first_log_probs[1] + np.log(0.25), abs=1e-4)
 
 
 @pytest.mark.parametrize("search", [beam_search, beam_search_numpy], ids=["compiled", "numpy"])
