@@ -72,8 +72,7 @@ class QuerySet:
 def read_query_table(path: Path, require_truth: bool = True) -> pa.Table:
     """Read a queries file and check its columns; ``require_truth`` requires ``video_id``."""
     path = Path(path)
-    if not path.is_file():
-        raise InvalidInputError(f"Queries file not found: {path}")
+    check_query_file(path)
     kind = QUERY_FORMATS.get(path.suffix.lower())
     if kind is None:
         raise InvalidInputError(f"Unsupported queries file type {path.suffix!r} for {path}; use one of {sorted(QUERY_FORMATS)}")
@@ -89,7 +88,7 @@ def read_query_table(path: Path, require_truth: bool = True) -> pa.Table:
     except (pa.ArrowInvalid, OSError) as exc:
         hint = ""
         if kind == "jsonl" and "changed from" in str(exc):
-            hint = "; give video_id one type on every line, a string or a list of strings (write [\"id\"] for a single id)"
+            hint = "; give each column one type on every line (video_id: a string or a list of strings, written [\"id\"] for a single id)"
         raise InvalidInputError(f"Cannot parse {path} as {kind}: {exc}{hint}") from exc
 
     columns = table.column_names
@@ -102,31 +101,64 @@ def read_query_table(path: Path, require_truth: bool = True) -> pa.Table:
     return table
 
 
-def _ground_truth_lists(column: pa.ChunkedArray) -> list[list[str | None]]:
-    if pa.types.is_list(column.type) or pa.types.is_large_list(column.type):
-        return [value or [] for value in column.cast(pa.list_(pa.string())).to_pylist()]
-    return [[value] for value in column.cast(pa.string()).to_pylist()]
+def check_query_file(path: Path) -> None:
+    """Raise ``InvalidInputError`` unless ``path`` is an existing regular file."""
+    if not path.exists():
+        raise InvalidInputError(f"Queries file not found: {path}")
+    if not path.is_file():
+        raise InvalidInputError(f"Queries file {path} is not a regular file")
+
+
+def string_column(path: Path, table: pa.Table, name: str) -> list[str | None]:
+    """Return column ``name`` as Python strings, raising ``InvalidInputError`` when it does not hold strings or numbers."""
+    column = table[name]
+    if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type) or pa.types.is_integer(column.type) or pa.types.is_dictionary(column.type) or pa.types.is_null(column.type)):
+        raise InvalidInputError(f"{path}: column '{name}' must hold strings, got {column.type}")
+    try:
+        return column.cast(pa.string()).to_pylist()
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+        raise InvalidInputError(f"{path}: column '{name}' cannot be read as strings: {exc}") from exc
+
+
+def _ground_truth_lists(path: Path, column: pa.ChunkedArray) -> list[list[str | None]]:
+    try:
+        if pa.types.is_list(column.type) or pa.types.is_large_list(column.type):
+            return [value or [] for value in column.cast(pa.list_(pa.string())).to_pylist()]
+        if pa.types.is_struct(column.type) or pa.types.is_binary(column.type) or pa.types.is_large_binary(column.type):
+            raise InvalidInputError(f"{path}: column 'video_id' must hold strings or lists of strings, got {column.type}")
+        return [[value] for value in column.cast(pa.string()).to_pylist()]
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+        raise InvalidInputError(f"{path}: column 'video_id' must hold strings or lists of strings, got {column.type}: {exc}") from exc
 
 
 def query_values(path: Path, table: pa.Table, dim: int) -> tuple[list[str] | None, list[np.ndarray] | None]:
     """Return the non-empty text or unit embedding of every row."""
     if "text" in table.column_names:
-        texts = table["text"].cast(pa.string()).to_pylist()
+        texts = string_column(path, table, "text")
         for row, text in enumerate(texts):
             if text is None or not text.strip():
                 raise InvalidInputError(f"{path}: the text of row {row + 1} is empty")
         return [text.strip() for text in texts], None
 
+    column = table["embedding"]
+    list_types = (pa.types.is_list, pa.types.is_large_list, pa.types.is_fixed_size_list)
+    if not any(is_list(column.type) for is_list in list_types) or not (
+        pa.types.is_floating(column.type.value_type) or pa.types.is_integer(column.type.value_type)
+    ):
+        raise InvalidInputError(f"{path}: column 'embedding' must hold lists of numbers, got {column.type}")
     vectors = []
-    for row, value in enumerate(table["embedding"].to_pylist()):
-        if value is None or len(value) != dim or any(v is None for v in value):
-            size = "null" if value is None else f"{len(value)} values"
-            raise InvalidInputError(f"{path}: the embedding of row {row + 1} has {size}; the index stores {dim}-dimensional embeddings")
-        vector = np.asarray(value, dtype=np.float32)
+    for row, value in enumerate(column.to_pylist()):
+        if value is None:
+            raise InvalidInputError(f"{path}: the embedding of row {row + 1} is null")
+        if any(v is None for v in value):
+            raise InvalidInputError(f"{path}: the embedding of row {row + 1} contains null values")
+        if len(value) != dim:
+            raise InvalidInputError(f"{path}: the embedding of row {row + 1} has {len(value)} values; the index stores {dim}-dimensional embeddings")
+        vector = np.asarray(value, dtype=np.float64)
         norm = float(np.linalg.norm(vector))
         if not np.isfinite(norm) or norm == 0.0:
             raise InvalidInputError(f"{path}: the embedding of row {row + 1} is zero or not finite")
-        vectors.append(vector / norm)
+        vectors.append((vector / norm).astype(np.float32))
     return None, vectors
 
 
@@ -135,7 +167,7 @@ def _group_rows(path: Path, table: pa.Table) -> list[list[int]]:
     if "query_id" not in table.column_names:
         return [[row] for row in range(table.num_rows)]
     groups: dict[str, list[int]] = {}
-    for row, query_id in enumerate(table["query_id"].cast(pa.string()).to_pylist()):
+    for row, query_id in enumerate(string_column(path, table, "query_id")):
         if query_id is None or not query_id.strip():
             raise InvalidInputError(f"{path}: query_id of row {row + 1} is empty; give every row a query_id or drop the column")
         groups.setdefault(query_id, []).append(row)
@@ -179,8 +211,8 @@ def read_queries(path: Path, index_ids: Sequence[str], dim: int) -> QuerySet:
     path = Path(path)
     table = read_query_table(path)
     texts, vectors = query_values(path, table, dim)
-    truth_ids = _ground_truth_lists(table["video_id"])
-    query_ids = table["query_id"].cast(pa.string()).to_pylist() if "query_id" in table.column_names else None
+    truth_ids = _ground_truth_lists(path, table["video_id"])
+    query_ids = string_column(path, table, "query_id") if "query_id" in table.column_names else None
     resolver = _IdResolver(index_ids)
     report = QueryFileReport(rows=table.num_rows)
 

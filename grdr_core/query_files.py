@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 
 from grdr_core.errors import InvalidInputError
-from grdr_core.eval_queries import QUERY_FORMATS, query_values, read_query_table
+from grdr_core.eval_queries import QUERY_FORMATS, check_query_file, query_values, read_query_table, string_column
 from grdr_core.query_checks import check_query_text
 
 SEARCH_QUERY_FORMATS = sorted([*QUERY_FORMATS, ".npy"])
@@ -61,7 +61,7 @@ def read_search_queries(path: Path, dim: int) -> QueryBatch:
 def _query_ids(path: Path, table: pa.Table) -> list[str]:
     if "query_id" not in table.column_names:
         return [str(row + 1) for row in range(table.num_rows)]
-    query_ids = table["query_id"].cast(pa.string()).to_pylist()
+    query_ids = string_column(path, table, "query_id")
     for row, query_id in enumerate(query_ids):
         if query_id is None or not query_id.strip():
             raise InvalidInputError(f"{path}: query_id of row {row + 1} is empty; give every row a query_id or drop the column")
@@ -69,18 +69,20 @@ def _query_ids(path: Path, table: pa.Table) -> list[str]:
 
 
 def _read_npy(path: Path, dim: int) -> QueryBatch:
-    if not path.is_file():
-        raise InvalidInputError(f"Queries file not found: {path}")
+    check_query_file(path)
     try:
         matrix = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, EOFError) as exc:  # EOFError: an empty file
         raise InvalidInputError(f"Cannot read {path} as a NumPy array: {exc}") from exc
+    if not isinstance(matrix, np.ndarray):  # an .npz archive
+        matrix.close()
+        raise InvalidInputError(f"{path} is an .npz archive; save the query embeddings as one array with numpy.save")
+    if matrix.ndim >= 1 and matrix.shape[0] == 0:
+        raise InvalidInputError(f"{path} has no query rows")
     if matrix.ndim == 1:
         matrix = matrix[None]
     if matrix.ndim != 2 or matrix.dtype.kind != "f":
         raise InvalidInputError(f"{path} must hold a 2-D floating-point matrix of query embeddings, got shape {matrix.shape} and dtype {matrix.dtype}")
-    if len(matrix) == 0:
-        raise InvalidInputError(f"{path} has no query rows")
     if matrix.shape[1] != dim:
         raise InvalidInputError(f"{path} holds {matrix.shape[1]}-dimensional embeddings; the index stores {dim}-dimensional embeddings")
     norms = np.linalg.norm(matrix.astype(np.float64), axis=1)

@@ -73,8 +73,8 @@ def load_query_encoder(index: Index, model: str | None = None, device: str = "cp
     if model is None and str(recorded.get("checksum", "")).startswith(PRECOMPUTED_PREFIX):
         raise ModelLoadError(
             f"Index {index.root} was built from precomputed embeddings ({recorded['name']}) and stores no "
-            "text encoder; query it with embeddings from the same model (Searcher.search_embeddings, or "
-            "grdr-index eval with an embedding queries file)"
+            "text encoder; query it with embeddings from the same model (grdr-index query or search with "
+            "--queries FILE of embeddings, Searcher.search_embeddings, or grdr-index eval with an embedding queries file)"
         )
     encoder = ClipEncoder(EncoderConfig(model=model or recorded["name"], device=device))
     if encoder.checksum != recorded["checksum"]:

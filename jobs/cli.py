@@ -469,6 +469,13 @@ QUERY_FILE_BATCH = 256  # queries per encoder and recall call
 LEVEL_DECAY_HELP = "Factor on the logits of each deeper level of beam search: level l's logits are scaled by this to the power l before the log-softmax, so below 1 the deeper codes weigh less."
 
 
+def _finite(ctx: click.Context, param: click.Parameter, value: float) -> float:
+    """Reject NaN, which click's FloatRange lets through because NaN fails every comparison."""
+    if value != value:
+        raise click.BadParameter("must be a number, got nan")
+    return value
+
+
 def _check_query_source(text: str | None, queries_path: Path | None) -> None:
     if (text is None) == (queries_path is None):
         raise click.UsageError("Give either TEXT or --queries FILE, not both and not neither.")
@@ -612,7 +619,7 @@ def train(
 @click.option("-k", "k", default=10, show_default=True, type=click.IntRange(1, MAX_K), help="Number of results; fewer when fewer videos are candidates.")
 @click.option("--beam", default=DEFAULT_BEAM, show_default=True, type=click.IntRange(1, MAX_BEAM), help="Beam width of the constrained decoding.")
 @click.option("--max-candidates", default=DEFAULT_MAX_CANDIDATES, show_default=True, type=click.IntRange(1, MAX_CANDIDATES), help="Cap on the candidate pool that is reranked.")
-@click.option("--level-decay", default=DEFAULT_LEVEL_DECAY, show_default=True, type=click.FloatRange(0, 1, min_open=True), help=LEVEL_DECAY_HELP)
+@click.option("--level-decay", default=DEFAULT_LEVEL_DECAY, show_default=True, type=click.FloatRange(0, 1, min_open=True), callback=_finite, help=LEVEL_DECAY_HELP)
 @click.option("--model", default=None, help="Text encoder to load instead of the one recorded in the index (same weights).")
 @click.option("--device", default="cpu", show_default=True, help="Torch device for the text encoder.")
 @click.option("--json", "as_json", is_flag=True, help="Print results as JSON.")
@@ -705,7 +712,7 @@ def _echo_query_result(result: Any) -> None:
 @click.option("--report", "report_dir", default=None, type=click.Path(path_type=Path), help="Directory to write a Markdown report with PNG plots into (adds a beam sweep and a corpus-size sweep).")
 @click.option("--beam", default=DEFAULT_BEAM, show_default=True, type=click.IntRange(1, MAX_BEAM), help="grdr beam width.")
 @click.option("--max-candidates", default=DEFAULT_MAX_CANDIDATES, show_default=True, type=click.IntRange(min=1, max=10_000), help="Cap on grdr's candidate pool; every method returns max(50, this) results for ranking.")
-@click.option("--level-decay", default=DEFAULT_LEVEL_DECAY, show_default=True, type=click.FloatRange(0, 1, min_open=True), help=LEVEL_DECAY_HELP)
+@click.option("--level-decay", default=DEFAULT_LEVEL_DECAY, show_default=True, type=click.FloatRange(0, 1, min_open=True), callback=_finite, help=LEVEL_DECAY_HELP)
 @click.option("--hnsw-m", default=32, show_default=True, type=click.IntRange(min=2), help="Links per node of the FAISS HNSW graph.")
 @click.option("--hnsw-ef-search", default=64, show_default=True, type=click.IntRange(min=1), help="HNSW efSearch; raised to max(50, --max-candidates) where smaller, the number of results ranked per query.")
 @click.option("--ivf-nprobe", default=8, show_default=True, type=click.IntRange(min=1), help="Inverted lists probed per query by FAISS IVF-PQ.")

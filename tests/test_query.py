@@ -255,6 +255,9 @@ def test_cli_query_file_of_embeddings(trained_index, corpus, tmp_path):
     result = runner.invoke(cli, ["query", str(index_dir), "--queries", str(npy), "--level-decay", "0"])
     assert result.exit_code == 2
     assert "0<x<=1" in result.output
+    result = runner.invoke(cli, ["query", str(index_dir), "--queries", str(npy), "--level-decay", "nan"])
+    assert result.exit_code == 2
+    assert "must be a number, got nan" in result.output
 
     result = runner.invoke(cli, ["query", str(index_dir), "--queries", str(npy), "-k", "2"])
     assert result.exit_code == 0, result.output
@@ -308,12 +311,39 @@ def test_cli_query_file_errors(trained_index, tmp_path, command):
         (empty_id, "query_id of row 2 is empty"),
         (no_column, "needs exactly one of the columns 'text' and 'embedding'"),
         (tmp_path / "missing.parquet", "Queries file not found"),
+        (tmp_path, "is not a regular file"),
     ]
+    empty = tmp_path / "empty.npy"
+    empty.write_bytes(b"")
+    cases.append((empty, "Cannot read .* as a NumPy array"))
+    archive = tmp_path / "archive.npy"
+    with archive.open("wb") as file:
+        np.savez(file, queries=np.ones((2, 32), np.float32))
+    cases.append((archive, r"is an \.npz archive"))
+    cases.append((_write_npy(tmp_path / "empty1d.npy", np.ones(0, np.float32)), "has no query rows"))
+    bad_tables = {
+        "scalar_embedding": ({"embedding": [1.0, 2.0]}, "column 'embedding' must hold lists of numbers, got double"),
+        "string_embedding": ({"embedding": ["x" * 32]}, "column 'embedding' must hold lists of numbers, got string"),
+        "null_element": ({"embedding": [[1.0] * 31 + [None]]}, "embedding of row 1 contains null values"),
+        "list_query_id": ({"query_id": [[1, 2]], "embedding": [[1.0] * 32]}, "column 'query_id' must hold strings, got list"),
+        "binary_text": ({"text": [b"\xff\xfe"]}, "column 'text' must hold strings, got binary"),
+    }
+    for name, (columns, message) in bad_tables.items():
+        path = tmp_path / f"{name}.parquet"
+        pq.write_table(pa.table(columns), path)
+        cases.append((path, message))
     for path, message in cases:
         result = runner.invoke(cli, [command, str(index_dir), "--queries", str(path)])
         assert result.exit_code != 0, path
         assert isinstance(result.exception, InvalidInputError), (path, result.exception)
         assert re.search(message, str(result.exception)), (path, str(result.exception))
+
+    # Rows of huge or tiny values are valid: their norms are taken in float64.
+    extreme = tmp_path / "extreme.parquet"
+    pq.write_table(pa.table({"embedding": [[1e30] * 32, [1e-30] * 32]}), extreme)
+    result = runner.invoke(cli, [command, str(index_dir), "--queries", str(extreme), "--json"])
+    assert result.exit_code == 0, result.output
+    assert len(result.stdout.splitlines()) == 2
 
     result = runner.invoke(cli, [command, str(index_dir), "a cat", "--queries", str(empty_id)])
     assert result.exit_code == 2
