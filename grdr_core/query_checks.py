@@ -25,8 +25,8 @@ DEFAULT_MAX_CANDIDATES = 300
 # Factor on the logits of each deeper level of beam search (level l: DEFAULT_LEVEL_DECAY**l).
 # On MSVD's 1,970-video corpus, 0.8 put the right video among at most 300 candidates
 # for 0.2-0.4 points more queries than 1.0, with about 2% fewer candidates, for each
-# of three trained models. On 10,000 synthetic videos 0.8 gained 0.6 points and 0.6
-# lost 1.8 (docs/benchmarks.md, "Level decay").
+# of three trained models. On synthetic corpora of 10,000 and 100,000 videos, 0.7-1.0
+# were within noise of each other and 0.6 lost 1.8 points (docs/benchmarks.md, "Level decay").
 DEFAULT_LEVEL_DECAY = 0.8
 # Longer query texts are rejected before tokenizing. The text encoder truncates shorter
 # ones to its context (77 tokens for CLIP).
