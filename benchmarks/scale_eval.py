@@ -208,6 +208,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--codes", type=int, default=128, help="Codebook size per level; training shrinks it to sqrt(--train-videos) when that is smaller.")
     parser.add_argument("--epochs", type=int, default=2, help="Training epochs per level.")
     parser.add_argument("--polish-epochs", type=int, default=1, help="Retriever-only epochs on the final IDs.")
+    parser.add_argument("--hidden", type=int, default=128, help="Retriever state size.")
     parser.add_argument("--beam", type=int, default=20, help="Beam width of grdr's recall.")
     parser.add_argument("--max-candidates", type=int, default=300, help="Cap on grdr's candidate pool.")
     parser.add_argument("--level-decay", type=float, default=DEFAULT_LEVEL_DECAY, help="Factor on each deeper level's logits in beam search (see grdr-index query --help).")
