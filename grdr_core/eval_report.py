@@ -30,7 +30,7 @@ def _save(figure: Figure, path: Path) -> None:
     figure.savefig(path, dpi=120)
 
 
-def beam_labels(sweep: list[dict[str, Any]], min_gap: float = 0.03) -> list[tuple[float, str]]:
+def beam_labels(sweep: list[dict[str, Any]], min_gap: float = 0.04) -> list[tuple[float, str]]:
     """Return the x position and text of each beam label of ``plot_beam_sweep``.
 
     Beams past the candidate cap give the same point, and on small corpora neighbouring

@@ -89,6 +89,7 @@ def _read_npy(path: Path, dim: int) -> QueryBatch:
     bad = np.flatnonzero(~np.isfinite(norms) | (norms == 0))
     if len(bad):
         rows = ", ".join(str(row + 1) for row in bad[:5].tolist())
-        raise InvalidInputError(f"{path}: the embeddings of {len(bad)} rows are zero or not finite (rows {rows}{', ...' if len(bad) > 5 else ''})")
+        count = "1 row is" if len(bad) == 1 else f"{len(bad)} rows are"
+        raise InvalidInputError(f"{path}: the embeddings of {count} zero or not finite (rows {rows}{', ...' if len(bad) > 5 else ''})")
     embeddings = (matrix / norms[:, None]).astype(np.float32)
     return QueryBatch([str(row + 1) for row in range(len(embeddings))], None, embeddings)

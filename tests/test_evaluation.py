@@ -331,8 +331,11 @@ def test_beam_labels_merge_close_points():
         (31.0, "beam 20"),
         (119.0, "beam 100"),
         (223.0, "beam 200"),
-        (295.0, "beam 300, 400"),  # 5 apart, under 3% of the 281-candidate range
+        (295.0, "beam 300, 400"),  # 5 apart, under 4% of the 281-candidate range
     ]
+    # The MSVD sweep at level decay 0.8: 10 candidates apart, 3.6% of the range, also merge.
+    close = [{"beam": beam, "mean_candidates": candidates} for beam, candidates in [(10, 21.0), (200, 236.0), (300, 290.1), (400, 300.0)]]
+    assert beam_labels(close) == [(21.0, "beam 10"), (236.0, "beam 200"), (290.1, "beam 300, 400")]
     assert beam_labels([{"beam": 50, "mean_candidates": 40.0}, {"beam": 100, "mean_candidates": 40.0}]) == [(40.0, "beam 50, 100")]
 
 
