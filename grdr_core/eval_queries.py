@@ -112,7 +112,8 @@ def check_query_file(path: Path) -> None:
 def string_column(path: Path, table: pa.Table, name: str) -> list[str | None]:
     """Return column ``name`` as Python strings, raising ``InvalidInputError`` when it does not hold strings or numbers."""
     column = table[name]
-    if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type) or pa.types.is_integer(column.type) or pa.types.is_dictionary(column.type) or pa.types.is_null(column.type)):
+    readable = (pa.types.is_string, pa.types.is_large_string, pa.types.is_integer, pa.types.is_floating, pa.types.is_dictionary, pa.types.is_null)
+    if not any(is_readable(column.type) for is_readable in readable):
         raise InvalidInputError(f"{path}: column '{name}' must hold strings, got {column.type}")
     try:
         return column.cast(pa.string()).to_pylist()
