@@ -489,7 +489,9 @@ def _echo_hits(hits: list[Any]) -> None:
 def _echo_query_heading(position: int, query_id: str, text: str | None) -> None:
     if position:
         click.echo("")
-    click.echo(f"query {query_id}: {text}" if text is not None else f"query {query_id}")
+    # Line breaks inside an id or text are shown escaped, so each heading stays one line.
+    query_id = query_id.replace("\r", "\\r").replace("\n", "\\n")
+    click.echo(f"query {query_id}: " + text.replace("\r", "\\r").replace("\n", "\\n") if text is not None else f"query {query_id}")
 
 
 @cli.command()

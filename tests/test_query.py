@@ -472,6 +472,13 @@ def test_msvd_build_train_query_offline(tiny_clip_dir, tmp_path):
     assert result.stdout.splitlines()[0] == "query guitar: a man plays a guitar"
     assert len(result.stdout.splitlines()) == 9  # per query a heading and three hits, one blank line between
 
+    multiline = tmp_path / "multiline.jsonl"
+    multiline.write_text(json.dumps({"query_id": "a\nb", "text": "a man\nplays"}) + "\n")
+    result = runner.invoke(cli, ["search", str(index_dir), "--queries", str(multiline), "-k", "1"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines()[0] == "query a\\nb: a man\\nplays"
+    assert len(result.stdout.splitlines()) == 2
+
     result = runner.invoke(cli, ["query", str(index_dir), "   "])
     assert result.exit_code != 0
 
