@@ -163,14 +163,21 @@ def query_values(path: Path, table: pa.Table, dim: int) -> tuple[list[str] | Non
     return None, vectors
 
 
-def _group_rows(path: Path, table: pa.Table) -> list[list[int]]:
-    """Return the row numbers of each query, queries in order of first appearance."""
+def query_id_column(path: Path, table: pa.Table) -> list[str]:
+    """Return each row's ``query_id``, or its 1-based row number when the file has no such column."""
     if "query_id" not in table.column_names:
-        return [[row] for row in range(table.num_rows)]
-    groups: dict[str, list[int]] = {}
-    for row, query_id in enumerate(string_column(path, table, "query_id")):
+        return [str(row + 1) for row in range(table.num_rows)]
+    query_ids = string_column(path, table, "query_id")
+    for row, query_id in enumerate(query_ids):
         if query_id is None or not query_id.strip():
             raise InvalidInputError(f"{path}: query_id of row {row + 1} is empty; give every row a query_id or drop the column")
+    return query_ids
+
+
+def _group_rows(query_ids: list[str]) -> list[list[int]]:
+    """Return the row numbers of each query, queries in order of first appearance."""
+    groups: dict[str, list[int]] = {}
+    for row, query_id in enumerate(query_ids):
         groups.setdefault(query_id, []).append(row)
     return list(groups.values())
 
@@ -213,16 +220,16 @@ def read_queries(path: Path, index_ids: Sequence[str], dim: int) -> QuerySet:
     table = read_query_table(path)
     texts, vectors = query_values(path, table, dim)
     truth_ids = _ground_truth_lists(path, table["video_id"])
-    query_ids = string_column(path, table, "query_id") if "query_id" in table.column_names else None
+    query_ids = query_id_column(path, table)
     resolver = _IdResolver(index_ids)
     report = QueryFileReport(rows=table.num_rows)
 
     kept_ids: list[str] = []
     kept_truth: list[np.ndarray] = []
     kept_rows: list[int] = []
-    for rows in _group_rows(path, table):
+    for rows in _group_rows(query_ids):
         first = rows[0]
-        query_id = query_ids[first] if query_ids is not None else str(first + 1)
+        query_id = query_ids[first]
         _check_same_query(path, query_id, rows, texts, vectors)
         ids = dict.fromkeys(video_id for row in rows for video_id in truth_ids[row])  # distinct, in order
         ordinals = {resolver.resolve(video_id, report) for video_id in ids} - {None}

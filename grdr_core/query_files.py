@@ -13,10 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 
 from grdr_core.errors import InvalidInputError
-from grdr_core.eval_queries import QUERY_FORMATS, check_query_file, query_values, read_query_table, string_column
+from grdr_core.eval_queries import QUERY_FORMATS, check_query_file, query_id_column, query_values, read_query_table
 from grdr_core.query_checks import check_query_text
 
 SEARCH_QUERY_FORMATS = sorted([*QUERY_FORMATS, ".npy"])
@@ -42,6 +41,9 @@ def read_search_queries(path: Path, dim: int) -> QueryBatch:
     width, or one that is zero or not finite.
     """
     path = Path(path)
+    if path.suffix.lower() not in SEARCH_QUERY_FORMATS:
+        check_query_file(path)
+        raise InvalidInputError(f"Unsupported queries file type {path.suffix!r} for {path}; use one of {SEARCH_QUERY_FORMATS}")
     if path.suffix.lower() == ".npy":
         return _read_npy(path, dim)
     table = read_query_table(path, require_truth=False)
@@ -55,17 +57,7 @@ def read_search_queries(path: Path, dim: int) -> QueryBatch:
             except InvalidInputError as exc:
                 raise InvalidInputError(f"{path}: {exc} (query numbers are 1-based rows)") from exc
     embeddings = np.stack(vectors).astype(np.float32) if vectors is not None else None
-    return QueryBatch(_query_ids(path, table), texts, embeddings)
-
-
-def _query_ids(path: Path, table: pa.Table) -> list[str]:
-    if "query_id" not in table.column_names:
-        return [str(row + 1) for row in range(table.num_rows)]
-    query_ids = string_column(path, table, "query_id")
-    for row, query_id in enumerate(query_ids):
-        if query_id is None or not query_id.strip():
-            raise InvalidInputError(f"{path}: query_id of row {row + 1} is empty; give every row a query_id or drop the column")
-    return query_ids
+    return QueryBatch(query_id_column(path, table), texts, embeddings)
 
 
 def _read_npy(path: Path, dim: int) -> QueryBatch:
@@ -82,9 +74,9 @@ def _read_npy(path: Path, dim: int) -> QueryBatch:
     if matrix.ndim == 1:
         matrix = matrix[None]
     if matrix.ndim != 2 or matrix.dtype.kind != "f":
-        raise InvalidInputError(f"{path} must hold a 2-D floating-point matrix of query embeddings, got shape {matrix.shape} and dtype {matrix.dtype}")
+        raise InvalidInputError(f"{path} must contain a 2-D floating-point matrix of query embeddings, got shape {matrix.shape} and dtype {matrix.dtype}")
     if matrix.shape[1] != dim:
-        raise InvalidInputError(f"{path} holds {matrix.shape[1]}-dimensional embeddings; the index stores {dim}-dimensional embeddings")
+        raise InvalidInputError(f"{path} contains {matrix.shape[1]}-dimensional embeddings; the index stores {dim}-dimensional embeddings")
     norms = np.linalg.norm(matrix.astype(np.float64), axis=1)
     bad = np.flatnonzero(~np.isfinite(norms) | (norms == 0))
     if len(bad):

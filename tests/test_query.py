@@ -304,7 +304,7 @@ def test_cli_query_file_errors(trained_index, tmp_path, command):
     no_column = tmp_path / "no_column.csv"
     no_column.write_text("query_id,caption\nq1,a cat\n")
     cases = [
-        (_write_npy(tmp_path / "narrow.npy", np.ones((2, 16), np.float32)), "holds 16-dimensional embeddings; the index stores 32-dimensional"),
+        (_write_npy(tmp_path / "narrow.npy", np.ones((2, 16), np.float32)), "contains 16-dimensional embeddings; the index stores 32-dimensional"),
         (_write_npy(tmp_path / "nan.npy", nan_rows), r"2 rows are zero or not finite \(rows 3, 7\)"),
         (_write_npy(tmp_path / "ints.npy", np.ones((2, 32), np.int64)), "2-D floating-point matrix"),
         (_write_npy(tmp_path / "none.npy", np.ones((0, 32), np.float32)), "has no query rows"),
@@ -313,6 +313,9 @@ def test_cli_query_file_errors(trained_index, tmp_path, command):
         (tmp_path / "missing.parquet", "Queries file not found"),
         (tmp_path, "is not a regular file"),
     ]
+    text_file = tmp_path / "queries.txt"
+    text_file.write_text("a cat\n")
+    cases.append((text_file, r"Unsupported queries file type '\.txt'.*'\.npy'"))
     empty = tmp_path / "empty.npy"
     empty.write_bytes(b"")
     cases.append((empty, "Cannot read .* as a NumPy array"))
