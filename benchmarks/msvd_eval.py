@@ -340,7 +340,7 @@ def evaluate_index(index_dir: Path, queries: Path, args: argparse.Namespace, swe
     """Run ``grdr_core.evaluation.evaluate`` and return its summary with the machine load around it."""
     from grdr_core.evaluation import EvalConfig, evaluate, summary
 
-    config = EvalConfig(beam=args.beam, max_candidates=args.max_candidates, level_decay=args.level_decay, sweep_beams=tuple(args.sweep_beams), seed=args.seed)
+    config = EvalConfig(beam=args.beam, max_candidates=args.max_candidates, level_decay=args.level_decay, prefix_beam=args.prefix_beam, sweep_beams=tuple(args.sweep_beams), seed=args.seed)
     load_before = _load_average()
     started = time.perf_counter()
     result = summary(evaluate(index_dir, queries, config, sweeps=sweeps))
@@ -561,6 +561,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--beam", type=int, default=20, help="Beam width of grdr's evaluation.")
     parser.add_argument("--max-candidates", type=int, default=300, help="Cap on grdr's candidate pool.")
     parser.add_argument("--level-decay", type=float, default=DEFAULT_LEVEL_DECAY, help="Factor on each deeper level's logits in beam search (see grdr-index query --help).")
+    parser.add_argument("--prefix-beam", type=int, default=None, help="Prefixes kept at each level before the last (see grdr-index query --help) [default: the beam].")
     parser.add_argument("--sweep-beams", type=int, nargs="+", default=[10, 20, 50, 100], help="Beams of the beam sweep.")
     parser.add_argument("--nprobes", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32], help="IVF-PQ nprobe values of the latency sweep (the list count is added).")
     parser.add_argument("--latency-queries", type=int, default=1000, help="Queries timed per point of the nprobe sweep.")

@@ -32,6 +32,7 @@ def main() -> None:
     parser.add_argument("--beam", type=int, default=DEFAULT_BEAM, help="Beam width.")
     parser.add_argument("--max-candidates", type=int, default=DEFAULT_MAX_CANDIDATES, help="Cap on the candidate pool.")
     parser.add_argument("--level-decay", type=float, default=DEFAULT_LEVEL_DECAY, help="Factor on each deeper level's logits in beam search (see grdr-index query --help).")
+    parser.add_argument("--prefix-beam", type=int, default=None, help="Prefixes kept at each level before the last (see grdr-index query --help) [default: the beam].")
     parser.add_argument("--seed", type=int, default=0, help="Seed of the query sample.")
     args = parser.parse_args()
 
@@ -43,10 +44,10 @@ def main() -> None:
     totals, recall, rerank = [], [], []
     with Searcher(args.index_dir) as searcher:
         for query in queries[: args.warmup]:
-            searcher.search_embeddings(query[None], k=10, beam=args.beam, max_candidates=args.max_candidates, level_decay=args.level_decay)
+            searcher.search_embeddings(query[None], k=10, beam=args.beam, max_candidates=args.max_candidates, level_decay=args.level_decay, prefix_beam=args.prefix_beam)
         for query in queries:
             started = time.perf_counter()
-            (result,) = searcher.search_embeddings(query[None], k=10, beam=args.beam, max_candidates=args.max_candidates, level_decay=args.level_decay)
+            (result,) = searcher.search_embeddings(query[None], k=10, beam=args.beam, max_candidates=args.max_candidates, level_decay=args.level_decay, prefix_beam=args.prefix_beam)
             totals.append((time.perf_counter() - started) * 1000)
             recall.append(result.timings_ms["recall"])
             rerank.append(result.timings_ms["rerank"])
@@ -59,6 +60,7 @@ def main() -> None:
         "beam": args.beam,
         "max_candidates": args.max_candidates,
         "level_decay": args.level_decay,
+        "prefix_beam": args.prefix_beam,
         "total_ms": percentiles(totals),
         "recall_ms": percentiles(recall),
         "rerank_ms": percentiles(rerank),

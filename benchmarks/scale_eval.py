@@ -130,7 +130,7 @@ def run_size(size: int, args: argparse.Namespace) -> dict[str, Any]:
     queries = size_dir / "queries.parquet"
     query_ids = {"query_id": [f"q{i}" for i in range(len(corpus.query_ordinals))]}
     _write_embeddings(queries, [video_ids[o] for o in corpus.query_ordinals], corpus.query_captions, query_ids)
-    eval_config = EvalConfig(beam=args.beam, max_candidates=args.max_candidates, level_decay=args.level_decay, seed=args.seed)
+    eval_config = EvalConfig(beam=args.beam, max_candidates=args.max_candidates, level_decay=args.level_decay, prefix_beam=args.prefix_beam, seed=args.seed)
     started = time.perf_counter()
     result = summary(evaluate(index_dir, queries, eval_config))
     seconds["evaluate"] = time.perf_counter() - started
@@ -212,6 +212,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--beam", type=int, default=20, help="Beam width of grdr's recall.")
     parser.add_argument("--max-candidates", type=int, default=300, help="Cap on grdr's candidate pool.")
     parser.add_argument("--level-decay", type=float, default=DEFAULT_LEVEL_DECAY, help="Factor on each deeper level's logits in beam search (see grdr-index query --help).")
+    parser.add_argument("--prefix-beam", type=int, default=None, help="Prefixes kept at each level before the last (see grdr-index query --help) [default: the beam].")
     parser.add_argument("--seed", type=int, default=0, help="Seed of the corpus, training, k-means and FAISS.")
     parser.add_argument("--nprobes", type=int, nargs="*", default=[], help="Also time FAISS IVF-PQ at these nprobe values (and all lists), at grdr's byte budget [default: none].")
     parser.add_argument("--latency-queries", type=int, default=500, help="Queries timed per point of the --nprobes sweep.")

@@ -32,7 +32,7 @@ from grdr_core.eval_metrics import first_relevant_rank, latency_percentiles, ran
 from grdr_core.eval_queries import QueryFileReport, QuerySet, read_queries
 from grdr_core.retriever_runtime import CONFIG_FILE as RETRIEVER_CONFIG
 from grdr_core.retriever_runtime import WEIGHTS_FILE as RETRIEVER_WEIGHTS
-from grdr_core.query_checks import DEFAULT_BEAM, DEFAULT_LEVEL_DECAY, DEFAULT_MAX_CANDIDATES, check_level_decay
+from grdr_core.query_checks import DEFAULT_BEAM, DEFAULT_LEVEL_DECAY, DEFAULT_MAX_CANDIDATES, check_level_decay, check_prefix_beam
 from grdr_core.searcher import Searcher
 from grdr_schemas.index import IndexLayout
 
@@ -58,6 +58,7 @@ class EvalConfig:
     beam: int = DEFAULT_BEAM
     max_candidates: int = DEFAULT_MAX_CANDIDATES
     level_decay: float = DEFAULT_LEVEL_DECAY  # see grdr_core.recall.beam_search
+    prefix_beam: int | None = None  # see grdr_core.recall.beam_search. None follows the beam, also at each beam of sweep_beams
     hnsw_m: int = 32
     # Raised to ``depth`` where smaller. FAISS searches with max(efSearch, k), so the rank
     # pass searches at depth anyway, and the timed pass at latency_k must search as deep.
@@ -79,6 +80,7 @@ class EvalConfig:
         if self.hnsw_m < 2 or self.hnsw_ef_search < 1:
             raise InvalidInputError(f"HNSW needs M >= 2 and efSearch >= 1, got M={self.hnsw_m} and efSearch={self.hnsw_ef_search}")
         check_level_decay(self.level_decay)
+        check_prefix_beam(self.prefix_beam)
         if not self.sweep_beams or min(self.sweep_beams) < 1:
             raise InvalidInputError(f"sweep_beams must be a non-empty list of beams >= 1, got {self.sweep_beams}")
         if not self.corpus_fractions or not all(0 < f <= 1 for f in self.corpus_fractions):
@@ -211,7 +213,9 @@ def _grdr_pools(searcher: Searcher, embeddings: np.ndarray, beam: int, config: E
     candidates = []
     for start in range(0, len(embeddings), BATCH):
         batch = embeddings[start : start + BATCH]
-        for result in searcher.search_embeddings(batch, k=config.depth, beam=beam, max_candidates=config.max_candidates, level_decay=config.level_decay):
+        for result in searcher.search_embeddings(
+            batch, k=config.depth, beam=beam, max_candidates=config.max_candidates, level_decay=config.level_decay, prefix_beam=config.prefix_beam
+        ):
             ranked.append(np.array([hit.ordinal for hit in result.hits], dtype=np.int64))
             candidates.append(result.candidates)
     return ranked, np.asarray(candidates)
@@ -233,7 +237,7 @@ def run_grdr(
     latency: dict[str, list[float]] = {"total": [], "recall": [], "rerank": []}
     for query in embeddings:
         started = time.perf_counter()
-        limits = {"k": config.latency_k, "beam": config.beam, "max_candidates": config.max_candidates, "level_decay": config.level_decay}
+        limits = {"k": config.latency_k, "beam": config.beam, "max_candidates": config.max_candidates, "level_decay": config.level_decay, "prefix_beam": config.prefix_beam}
         result = searcher.search_embeddings(query[None], **limits)[0]
         latency["total"].append((time.perf_counter() - started) * 1000)
         latency["recall"].append(result.timings_ms["recall"])
@@ -246,7 +250,13 @@ def run_grdr(
         ranks=_ranks(ranked, truth),
         latency_ms=latency_ms,
         bytes_per_video={name: size / count for name, size in sizes.items()},
-        settings={"beam": config.beam, "max_candidates": config.max_candidates, "level_decay": config.level_decay, "videos": count},
+        settings={
+            "beam": config.beam,
+            "prefix_beam": config.beam if config.prefix_beam is None else config.prefix_beam,
+            "max_candidates": config.max_candidates,
+            "level_decay": config.level_decay,
+            "videos": count,
+        },
         candidates=candidates,
         candidate_hit=candidate_hit,
     )

@@ -63,6 +63,12 @@ def check_query_limits(k: int, beam: int, max_candidates: int) -> None:
             raise InvalidInputError(f"{name} must be an integer in [1, {maximum}], got {value!r}")
 
 
+def check_prefix_beam(prefix_beam: object) -> None:
+    """Raise ``InvalidInputError`` unless ``prefix_beam`` is None (follow the beam) or an integer in [1, ``MAX_BEAM``]."""
+    if prefix_beam is not None and (isinstance(prefix_beam, bool) or not isinstance(prefix_beam, numbers.Integral) or not 1 <= prefix_beam <= MAX_BEAM):
+        raise InvalidInputError(f"prefix_beam must be an integer in [1, {MAX_BEAM}], got {prefix_beam!r}")
+
+
 def check_level_decay(level_decay: object) -> None:
     """Raise ``InvalidInputError`` unless ``level_decay`` is a real number in (0, 1]."""
     if isinstance(level_decay, bool) or not isinstance(level_decay, numbers.Real) or not 0 < level_decay <= 1:

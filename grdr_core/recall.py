@@ -33,7 +33,9 @@ class DecodedId:
     log_prob: float
 
 
-def beam_search(runtime: RetrieverRuntime, trie: TrieReader, queries: np.ndarray, beam: int, level_decay: float = DEFAULT_LEVEL_DECAY) -> list[list[DecodedId]]:
+def beam_search(
+    runtime: RetrieverRuntime, trie: TrieReader, queries: np.ndarray, beam: int, level_decay: float = DEFAULT_LEVEL_DECAY, prefix_beam: int | None = None
+) -> list[list[DecodedId]]:
     """Decode each of ``(B, D)`` queries into at most ``beam`` semantic IDs that exist in the trie.
 
     At every level a beam may only extend with codes that the trie lists as children of
@@ -43,25 +45,33 @@ def beam_search(runtime: RetrieverRuntime, trie: TrieReader, queries: np.ndarray
     (docs/benchmarks.md). Level l's logits are multiplied by ``level_decay**l`` before
     the log-softmax, which raises that level's temperature, so below 1 the deeper codes
     weigh less in the ranking (on MSVD, whose queried videos have no training caption,
-    0.8 recalled slightly more than 1). Returns, per query, the surviving full IDs best
-    first (ties broken by beam row, then code).
+    0.8 recalled slightly more than 1). The levels before the last keep ``prefix_beam``
+    prefixes (default: ``beam``); the cost of a query grows with it, not with ``beam``,
+    because every kept prefix needs a retriever step. Returns, per query, the surviving
+    full IDs best first (ties broken by beam row, then code).
     """
     return [
         [DecodedId(codes=tuple(codes), log_prob=score) for codes, score in zip(paths.tolist(), scores.tolist())]
-        for paths, scores, _ in _decode(runtime, trie, queries, beam, level_decay)
+        for paths, scores, _ in _decode(runtime, trie, queries, beam, level_decay, prefix_beam)
     ]
 
 
 def recall_pools(
-    runtime: RetrieverRuntime, trie: TrieReader, queries: np.ndarray, beam: int, max_candidates: int, level_decay: float = DEFAULT_LEVEL_DECAY
+    runtime: RetrieverRuntime,
+    trie: TrieReader,
+    queries: np.ndarray,
+    beam: int,
+    max_candidates: int,
+    level_decay: float = DEFAULT_LEVEL_DECAY,
+    prefix_beam: int | None = None,
 ) -> list[np.ndarray]:
     """Return the candidate pool of each of ``(B, D)`` queries: ``candidates_from_ids`` of its ``beam_search``."""
     if max_candidates < 1:
         raise InvalidInputError(f"max_candidates must be >= 1, got {max_candidates}")
     kernels = load_kernels()
     if kernels is None:
-        return [_pool(trie, paths, max_candidates, None) for paths, _, _ in _decode(runtime, trie, queries, beam, level_decay)]
-    decoded = _decode(runtime, trie, queries, beam, level_decay)
+        return [_pool(trie, paths, max_candidates, None) for paths, _, _ in _decode(runtime, trie, queries, beam, level_decay, prefix_beam)]
+    decoded = _decode(runtime, trie, queries, beam, level_decay, prefix_beam)
     return [trie.pool_entries(entries, max_candidates, kernels.first_occurrences_in_ranges) for _, _, entries in decoded]
 
 
@@ -87,10 +97,12 @@ def load_kernels() -> ModuleType | None:
     return _kernels or None
 
 
-def _check_arguments(runtime: RetrieverRuntime, trie: TrieReader, queries: np.ndarray, beam: int, level_decay: float) -> np.ndarray:
+def _check_arguments(runtime: RetrieverRuntime, trie: TrieReader, queries: np.ndarray, beam: int, level_decay: float, prefix_beam: int) -> np.ndarray:
     """Validate the arguments of a beam search; return the queries as a C-contiguous ``(B, D)`` float32 array."""
     if beam < 1:
         raise InvalidInputError(f"beam must be >= 1, got {beam}")
+    if prefix_beam < 1:
+        raise InvalidInputError(f"prefix_beam must be >= 1, got {prefix_beam}")
     check_level_decay(level_decay)
     if trie.levels != runtime.levels:
         raise InvalidInputError(f"The trie has {trie.levels} levels but the retriever decodes {runtime.levels}")
@@ -105,17 +117,18 @@ def _check_arguments(runtime: RetrieverRuntime, trie: TrieReader, queries: np.nd
 
 
 def _decode(
-    runtime: RetrieverRuntime, trie: TrieReader, queries: np.ndarray, beam: int, level_decay: float
+    runtime: RetrieverRuntime, trie: TrieReader, queries: np.ndarray, beam: int, level_decay: float, prefix_beam: int | None
 ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
     """Beam-search each query; return per query its IDs ``(n, levels)``, their scores ``(n,)`` and, from the kernel, their positions in the prefix table ``(n,)``, best first."""
-    queries = _check_arguments(runtime, trie, queries, beam, level_decay)
+    prefix_beam = beam if prefix_beam is None else prefix_beam
+    queries = _check_arguments(runtime, trie, queries, beam, level_decay, prefix_beam)
     if len(queries) == 0:
         return []
     kernels = load_kernels()
     if kernels is None:
         return [
             (np.array([d.codes for d in ids], dtype=np.int64).reshape(len(ids), runtime.levels), np.array([d.log_prob for d in ids]), None)
-            for ids in beam_search_numpy(runtime, trie, queries, beam, level_decay)
+            for ids in beam_search_numpy(runtime, trie, queries, beam, level_decay, prefix_beam)
         ]
 
     table = trie.prefix_table()
@@ -138,6 +151,7 @@ def _decode(
         table.first_child,
         table.child_count,
         beam,
+        prefix_beam,
     )
 
     counts_list = counts.tolist()
@@ -155,10 +169,11 @@ def _pool(trie: TrieReader, paths: np.ndarray, max_candidates: int, kernels: Mod
 
 
 def beam_search_numpy(
-    runtime: RetrieverRuntime, trie: TrieReader, queries: np.ndarray, beam: int, level_decay: float = DEFAULT_LEVEL_DECAY
+    runtime: RetrieverRuntime, trie: TrieReader, queries: np.ndarray, beam: int, level_decay: float = DEFAULT_LEVEL_DECAY, prefix_beam: int | None = None
 ) -> list[list[DecodedId]]:
     """Return what ``beam_search`` returns, computed with a fixed number of NumPy calls per level."""
-    queries = _check_arguments(runtime, trie, queries, beam, level_decay)
+    prefix_beam = beam if prefix_beam is None else prefix_beam
+    queries = _check_arguments(runtime, trie, queries, beam, level_decay, prefix_beam)
     num_queries = len(queries)
     level_scales = _level_scales(runtime.levels, level_decay)
     table = trie.prefix_table()
@@ -176,14 +191,15 @@ def beam_search_numpy(
 
     for level in range(runtime.levels):
         step = _expand(runtime.logits(level, states) * level_scales[level], nodes, scores, table)
+        level_beam = beam if level + 1 == runtime.levels else prefix_beam
         if num_queries == 1:
-            chosen = _top(step.totals, 0, len(step.totals), beam)
+            chosen = _top(step.totals, 0, len(step.totals), level_beam)
             bounds = np.array([0, len(chosen)])
         else:
             # The candidates of row r are contiguous and rows are grouped by query, so
             # query q's candidates lie between the first candidates of its bounding rows.
             starts, stops = step.row_start[bounds[:-1]].tolist(), step.row_start[bounds[1:]].tolist()
-            selected = [_top(step.totals, start, stop, beam) for start, stop in zip(starts, stops)]
+            selected = [_top(step.totals, start, stop, level_beam) for start, stop in zip(starts, stops)]
             bounds = np.concatenate(([0], np.cumsum([len(s) for s in selected])))
             chosen = np.concatenate(selected)
 

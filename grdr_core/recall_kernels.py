@@ -191,6 +191,7 @@ def _decode_query(  # type: ignore[no-untyped-def]
     first_child,
     child_count,
     beam,
+    prefix_beam,
     out_paths,
     out_scores,
     out_entries,
@@ -199,20 +200,21 @@ def _decode_query(  # type: ignore[no-untyped-def]
     levels = code_offsets.shape[0] - 1
     hidden = w_in.shape[0]
     scale32 = np.float32(scale)
+    width = max(beam, prefix_beam)
 
     # Each beam row is a trie node with its summed log-prob and its retriever state.
-    states = np.empty((beam, hidden), np.float32)
-    next_states = np.empty((beam, hidden), np.float32)
-    nodes = np.zeros(beam, np.int64)
-    scores = np.zeros(beam, np.float64)
-    parents = np.empty((levels, beam), np.int64)
-    chosen_codes = np.empty((levels, beam), np.int64)
-    top_totals = np.empty(beam, np.float64)
-    top_rows = np.empty(beam, np.int64)
-    top_entries = np.empty(beam, np.int64)
-    parent_states = np.empty((beam, hidden), np.float32)
-    slot_of = np.empty(beam, np.int64)
-    projected = np.zeros(beam, np.bool_)
+    states = np.empty((width, hidden), np.float32)
+    next_states = np.empty((width, hidden), np.float32)
+    nodes = np.zeros(width, np.int64)
+    scores = np.zeros(width, np.float64)
+    parents = np.empty((levels, width), np.int64)
+    chosen_codes = np.empty((levels, width), np.int64)
+    top_totals = np.empty(width, np.float64)
+    top_rows = np.empty(width, np.int64)
+    top_entries = np.empty(width, np.int64)
+    parent_states = np.empty((width, hidden), np.float32)
+    slot_of = np.empty(width, np.int64)
+    projected = np.zeros(width, np.bool_)
 
     products = np.empty(hidden, np.float32)
     _matvec(w_in, query, products)
@@ -226,6 +228,9 @@ def _decode_query(  # type: ignore[no-untyped-def]
         logits = np.empty(num_codes, np.float32)
         exp_terms = np.empty(num_codes, np.float32)
         exp_scales = np.empty(num_codes, np.uint32)
+        # The last level keeps ``beam`` full IDs, the levels before it ``prefix_beam`` prefixes.
+        level_beam = beam if level + 1 == levels else prefix_beam
+        level_totals, level_rows, level_entries = top_totals[:level_beam], top_rows[:level_beam], top_entries[:level_beam]
         filled = 0
         # cos(W_out h, c) = h^T (W_out^T c_unit) / |W_out h|, and |W_out h|^2 = h^T G h
         # with G = W_out^T W_out. Two matrix products (BLAS) serve every row of the level.
@@ -251,7 +256,7 @@ def _decode_query(  # type: ignore[no-untyped-def]
                 if code < 0 or code >= num_codes:
                     return INVALID_CODE
                 total = scores[row] + np.float64(logits[code]) - log_norm
-                filled = _insert(total, row, start + c, top_totals, top_rows, top_entries, filled)
+                filled = _insert(total, row, start + c, level_totals, level_rows, level_entries, filled)
 
         for i in range(filled):
             entry = top_entries[i]
@@ -309,10 +314,12 @@ def decode_batch(  # type: ignore[no-untyped-def]
     first_child,
     child_count,
     beam,
+    prefix_beam,
 ):
     """Beam-search every row of ``queries``; see ``grdr_core.recall.beam_search``.
 
     ``level_scales[l]`` (float32) multiplies the logits of level ``l`` before its log-softmax.
+    The levels before the last keep ``prefix_beam`` prefixes, the last ``beam`` IDs.
 
     Returns paths ``(B, beam, levels)``, scores ``(B, beam)``, the position of each ID in
     ``table_codes`` ``(B, beam)`` and per query the number of IDs found, or
@@ -340,6 +347,7 @@ def decode_batch(  # type: ignore[no-untyped-def]
             first_child,
             child_count,
             beam,
+            prefix_beam,
             paths[q],
             scores[q],
             entries[q],
@@ -377,6 +385,7 @@ def first_occurrences_in_ranges(ordinals, starts, ends, limit):  # type: ignore[
                 result[count] = value
                 count += 1
     return result[:count]
+
 
 
 # 2^112 moves a float16 exponent (bias 15) to float32's (bias 127). The product is exact

@@ -19,7 +19,7 @@ import numpy as np
 
 from grdr_core.errors import IndexFormatError, InvalidInputError
 from grdr_core.index import Index, open_index_version
-from grdr_core.query_checks import DEFAULT_BEAM, DEFAULT_LEVEL_DECAY, DEFAULT_MAX_CANDIDATES, check_level_decay, check_query_limits, check_query_text
+from grdr_core.query_checks import DEFAULT_BEAM, DEFAULT_LEVEL_DECAY, DEFAULT_MAX_CANDIDATES, check_level_decay, check_prefix_beam, check_query_limits, check_query_text
 from grdr_core.recall import load_kernels, recall_pools
 from grdr_core.retriever_runtime import RetrieverRuntime
 from grdr_core.search import SearchHit, hits_for
@@ -74,9 +74,15 @@ class Searcher:
         return self._encoder
 
     def search(
-        self, text: str, k: int = 10, beam: int = DEFAULT_BEAM, max_candidates: int = DEFAULT_MAX_CANDIDATES, level_decay: float = DEFAULT_LEVEL_DECAY
+        self,
+        text: str,
+        k: int = 10,
+        beam: int = DEFAULT_BEAM,
+        max_candidates: int = DEFAULT_MAX_CANDIDATES,
+        level_decay: float = DEFAULT_LEVEL_DECAY,
+        prefix_beam: int | None = None,
     ) -> QueryResult:
-        return self.search_batch([text], k=k, beam=beam, max_candidates=max_candidates, level_decay=level_decay)[0]
+        return self.search_batch([text], k=k, beam=beam, max_candidates=max_candidates, level_decay=level_decay, prefix_beam=prefix_beam)[0]
 
     def search_batch(
         self,
@@ -85,6 +91,7 @@ class Searcher:
         beam: int = DEFAULT_BEAM,
         max_candidates: int = DEFAULT_MAX_CANDIDATES,
         level_decay: float = DEFAULT_LEVEL_DECAY,
+        prefix_beam: int | None = None,
     ) -> list[QueryResult]:
         """Encode ``texts`` with the index's text encoder and answer each of them."""
         if isinstance(texts, str):
@@ -92,6 +99,7 @@ class Searcher:
         for position, text in enumerate(texts):
             check_query_text(text, position if len(texts) > 1 else None)
         check_query_limits(k, beam, max_candidates)
+        check_prefix_beam(prefix_beam)
         check_level_decay(level_decay)
         if len(texts) == 0:
             return []
@@ -99,7 +107,7 @@ class Searcher:
         started = time.perf_counter()
         queries = encoder.encode_text(list(texts))
         encode_ms = (time.perf_counter() - started) * 1000 / max(len(texts), 1)
-        results = self.search_embeddings(queries, k=k, beam=beam, max_candidates=max_candidates, level_decay=level_decay)
+        results = self.search_embeddings(queries, k=k, beam=beam, max_candidates=max_candidates, level_decay=level_decay, prefix_beam=prefix_beam)
         return [QueryResult(r.hits, r.candidates, {"encode": encode_ms, **r.timings_ms}) for r in results]
 
     def search_embeddings(
@@ -109,14 +117,18 @@ class Searcher:
         beam: int = DEFAULT_BEAM,
         max_candidates: int = DEFAULT_MAX_CANDIDATES,
         level_decay: float = DEFAULT_LEVEL_DECAY,
+        prefix_beam: int | None = None,
     ) -> list[QueryResult]:
         """Search with ``(B, D)`` query embeddings from the index's query encoder.
 
-        Queries are L2-normalised first. Each result holds at most ``min(k, candidates)`` hits.
+        Queries are L2-normalised first. Each result holds at most ``min(k, candidates)``
+        hits. ``beam``, ``prefix_beam`` and ``level_decay`` are those of
+        ``grdr_core.recall.beam_search``.
         """
         if self._closed:
             raise InvalidInputError(f"This Searcher of {self.index.root} is closed; open a new one to search")
         check_query_limits(k, beam, max_candidates)
+        check_prefix_beam(prefix_beam)
         check_level_decay(level_decay)
         queries = np.asarray(queries)
         if queries.dtype.kind != "f":
@@ -136,7 +148,7 @@ class Searcher:
         queries = (queries / norms[:, None]).astype(np.float32)
 
         started = time.perf_counter()
-        pools = recall_pools(self.retriever, self.index.trie, queries, beam, max_candidates, level_decay)
+        pools = recall_pools(self.retriever, self.index.trie, queries, beam, max_candidates, level_decay, prefix_beam)
         recall_ms = (time.perf_counter() - started) * 1000 / len(queries)
 
         started = time.perf_counter()

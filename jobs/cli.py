@@ -466,6 +466,10 @@ QUERY_FILE_HELP = (
     "With --json, one JSON object per query and line."
 )
 QUERY_FILE_BATCH = 256  # queries per encoder and recall call
+PREFIX_BEAM_HELP = (
+    "Prefixes kept at each level of beam search before the last, which keeps --beam full IDs [default: the beam]. "
+    "A query costs about as much as this number of prefixes: a smaller value is faster and may miss videos."
+)
 LEVEL_DECAY_HELP = "Factor on the logits of each deeper level of beam search: level l's logits are scaled by this to the power l before the log-softmax, so below 1 the deeper codes weigh less."
 
 
@@ -620,6 +624,7 @@ def train(
 @click.option("--queries", "queries_path", default=None, metavar="FILE", callback=_local_path, help=QUERY_FILE_HELP)
 @click.option("-k", "k", default=10, show_default=True, type=click.IntRange(1, MAX_K), help="Number of results; fewer when fewer videos are candidates.")
 @click.option("--beam", default=DEFAULT_BEAM, show_default=True, type=click.IntRange(1, MAX_BEAM), help="Beam width of the constrained decoding.")
+@click.option("--prefix-beam", default=None, type=click.IntRange(1, MAX_BEAM), help=PREFIX_BEAM_HELP)
 @click.option("--max-candidates", default=DEFAULT_MAX_CANDIDATES, show_default=True, type=click.IntRange(1, MAX_CANDIDATES), help="Cap on the candidate pool that is reranked.")
 @click.option("--level-decay", default=DEFAULT_LEVEL_DECAY, show_default=True, type=click.FloatRange(0, 1, min_open=True), callback=_finite, help=LEVEL_DECAY_HELP)
 @click.option("--model", default=None, help="Text encoder to load instead of the one recorded in the index (same weights).")
@@ -631,6 +636,7 @@ def query(
     queries_path: Path | None,
     k: int,
     beam: int,
+    prefix_beam: int | None,
     max_candidates: int,
     level_decay: float,
     model: str | None,
@@ -643,7 +649,7 @@ def query(
     _check_query_source(text, queries_path)
     with Searcher(index_dir, model=model, device=device) as searcher:
         _quiet_transformers()
-        limits = QueryLimits(k, beam, max_candidates, level_decay)
+        limits = QueryLimits(k, beam, max_candidates, level_decay, prefix_beam)
         if queries_path is not None:
             _query_file(searcher, queries_path, limits, as_json)
             return
@@ -662,6 +668,7 @@ class QueryLimits:
     beam: int
     max_candidates: int
     level_decay: float
+    prefix_beam: int | None
 
 
 def _query_file(searcher: Any, queries_path: Path, limits: QueryLimits, as_json: bool) -> None:
@@ -691,6 +698,7 @@ def _query_payload(text: str | None, result: Any, limits: QueryLimits) -> dict[s
     payload.update(
         {
             "beam": limits.beam,
+            "prefix_beam": limits.beam if limits.prefix_beam is None else limits.prefix_beam,
             "max_candidates": limits.max_candidates,
             "level_decay": limits.level_decay,
             "results": [asdict(h) for h in result.hits],
@@ -713,6 +721,7 @@ def _echo_query_result(result: Any) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the results as one JSON object.")
 @click.option("--report", "report_dir", default=None, type=click.Path(path_type=Path), help="Directory to write a Markdown report with PNG plots into (adds a beam sweep and a corpus-size sweep).")
 @click.option("--beam", default=DEFAULT_BEAM, show_default=True, type=click.IntRange(1, MAX_BEAM), help="grdr beam width.")
+@click.option("--prefix-beam", default=None, type=click.IntRange(1, MAX_BEAM), help=PREFIX_BEAM_HELP)
 @click.option("--max-candidates", default=DEFAULT_MAX_CANDIDATES, show_default=True, type=click.IntRange(min=1, max=10_000), help="Cap on grdr's candidate pool; every method returns max(50, this) results for ranking.")
 @click.option("--level-decay", default=DEFAULT_LEVEL_DECAY, show_default=True, type=click.FloatRange(0, 1, min_open=True), callback=_finite, help=LEVEL_DECAY_HELP)
 @click.option("--hnsw-m", default=32, show_default=True, type=click.IntRange(min=2), help="Links per node of the FAISS HNSW graph.")
@@ -727,6 +736,7 @@ def evaluate_command(
     as_json: bool,
     report_dir: Path | None,
     beam: int,
+    prefix_beam: int | None,
     max_candidates: int,
     level_decay: float,
     hnsw_m: int,
@@ -744,7 +754,14 @@ def evaluate_command(
     if report_dir is not None and report_dir.exists() and not report_dir.is_dir():
         raise click.BadParameter(f"{report_dir} exists and is not a directory", param_hint="--report")
     config = EvalConfig(
-        beam=beam, max_candidates=max_candidates, level_decay=level_decay, hnsw_m=hnsw_m, hnsw_ef_search=hnsw_ef_search, ivf_nprobe=ivf_nprobe, seed=seed
+        beam=beam,
+        prefix_beam=prefix_beam,
+        max_candidates=max_candidates,
+        level_decay=level_decay,
+        hnsw_m=hnsw_m,
+        hnsw_ef_search=hnsw_ef_search,
+        ivf_nprobe=ivf_nprobe,
+        seed=seed,
     )
     evaluation = evaluate(index_dir, queries_path, config, model=model, device=device, sweeps=report_dir is not None)
     result = summary(evaluation)

@@ -17,7 +17,7 @@ from grdr_core.embedding_index import build_index_from_embeddings
 from grdr_core.errors import InvalidInputError
 from grdr_core.eval_metrics import first_relevant_rank, latency_percentiles, order_by_score, rank_summary, recall_at
 from grdr_core.eval_queries import read_queries
-from grdr_core.evaluation import EvalConfig, evaluate, run_baseline, summary
+from grdr_core.evaluation import EvalConfig, evaluate, run_baseline, run_grdr, summary
 from grdr_core.quantize import QuantizerConfig
 from grdr_core.search import exact_dense_search
 from grdr_core.searcher import Searcher
@@ -298,6 +298,20 @@ def test_eval_matches_search_apis(trained_index, queries_file):
     assert len(truth[q0]) == 2
     single = [_expected_ranks([ordinals[q0]], [np.array([t])])[0] for t in truth[q0]]
     assert evaluation.runs["dense"].ranks[q0] == min(single)
+
+
+def test_eval_passes_prefix_beam_to_grdr(trained_index, queries_file):
+    queries = read_queries(queries_file, [f"videos/v{i:04d}.mp4" for i in range(200)], dim=32)
+    config = EvalConfig(max_candidates=100, prefix_beam=2)
+    with Searcher(trained_index) as searcher:
+        run = run_grdr(searcher, queries.embeddings, queries.truth, config, {}, None)
+        narrow = searcher.search_embeddings(queries.embeddings, k=config.depth, max_candidates=100, prefix_beam=2)
+        full = searcher.search_embeddings(queries.embeddings, k=config.depth, max_candidates=100)
+    np.testing.assert_array_equal(run.candidates, [r.candidates for r in narrow])
+    assert run.candidates.sum() < sum(r.candidates for r in full)
+    assert (run.settings["beam"], run.settings["prefix_beam"]) == (config.beam, 2)
+    with pytest.raises(InvalidInputError, match="prefix_beam must be an integer"):
+        EvalConfig(prefix_beam=0)
 
 
 def test_eval_report_renders(trained_index, queries_file, tmp_path):

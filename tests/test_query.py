@@ -145,6 +145,9 @@ def test_bad_queries_are_rejected(trained_index):
             searcher.search_embeddings(np.ones((1, 7), np.float32))
         with pytest.raises(InvalidInputError, match="k must be"):
             searcher.search_embeddings(np.ones((1, 32), np.float32), k=0)
+        for prefix_beam in (0, 1001, 2.5, True):
+            with pytest.raises(InvalidInputError, match=re.escape(f"prefix_beam must be an integer in [1, 1000], got {prefix_beam!r}")):
+                searcher.search_embeddings(np.ones((1, 32), np.float32), prefix_beam=prefix_beam)
 
 
 @pytest.mark.parametrize(
@@ -255,6 +258,22 @@ def test_cli_query_file_of_embeddings(trained_index, corpus, tmp_path):
     result = runner.invoke(cli, ["query", str(index_dir), "--queries", str(npy), "--level-decay", "0"])
     assert result.exit_code == 2
     assert "0<x<=1" in result.output
+
+    # The prefix beam reaches the search: one prefix per level keeps the candidates
+    # under a single two-code prefix, so fewer of them than the full beam recalls.
+    with Searcher(index_dir) as searcher:
+        full = searcher.search_embeddings(queries, k=5)
+        narrow = searcher.search_embeddings(queries, k=5, prefix_beam=1)
+    assert sum(r.candidates for r in narrow) < sum(r.candidates for r in full)
+    result = runner.invoke(cli, ["query", str(index_dir), "--queries", str(npy), "-k", "5", "--json", "--prefix-beam", "1"])
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [[hit["ordinal"] for hit in line["results"]] for line in lines] == [[h.ordinal for h in r.hits] for r in narrow]
+    assert [line["candidates"] for line in lines] == [r.candidates for r in narrow]
+    assert {(line["beam"], line["prefix_beam"]) for line in lines} == {(DEFAULT_BEAM, 1)}
+    result = runner.invoke(cli, ["query", str(index_dir), "--queries", str(npy), "--prefix-beam", "0"])
+    assert result.exit_code == 2
+    assert "1<=x<=1000" in result.output
     result = runner.invoke(cli, ["query", str(index_dir), "--queries", str(npy), "--level-decay", "nan"])
     assert result.exit_code == 2
     assert "must be a number, got nan" in result.output
@@ -453,7 +472,7 @@ def test_msvd_build_train_query_offline(tiny_clip_dir, tmp_path):
     result = runner.invoke(cli, ["query", str(index_dir), "a man plays a guitar", "-k", "5", "--json"])
     assert result.exit_code == 0, result.output
     payload = json.loads(result.stdout)
-    assert (payload["beam"], payload["max_candidates"], payload["level_decay"]) == (DEFAULT_BEAM, DEFAULT_MAX_CANDIDATES, DEFAULT_LEVEL_DECAY)
+    assert (payload["beam"], payload["prefix_beam"], payload["max_candidates"], payload["level_decay"]) == (DEFAULT_BEAM, DEFAULT_BEAM, DEFAULT_MAX_CANDIDATES, DEFAULT_LEVEL_DECAY)
     assert len(payload["results"]) == 5
     assert {r["video_id"] for r in payload["results"]} <= {f"{clip}.avi" for clip in clips}
     assert 5 <= payload["candidates"] <= 11

@@ -120,8 +120,9 @@ def test_runtime_stores_only_folded_weights(tmp_path):
     assert tensors["code_inputs"].shape == (8, 4)
 
 
-def _reference_beam_search(runtime, trie, query, beam, level_decay=1.0):
+def _reference_beam_search(runtime, trie, query, beam, level_decay=1.0, prefix_beam=None):
     """Plain beam search over ``trie.children``: the definition the vectorised one must match."""
+    prefix_beam = beam if prefix_beam is None else prefix_beam
     beams = [((), 0.0, runtime.start(query[None]))]
     for level in range(runtime.levels):
         extended = []
@@ -133,7 +134,7 @@ def _reference_beam_search(runtime, trie, query, beam, level_decay=1.0):
         extended.sort(key=lambda item: (-item[0], item[1], item[2]))
         beams = [
             (beams[row][0] + (code,), total, runtime.advance(level, beams[row][2], np.array([code])) if level + 1 < runtime.levels else None)
-            for total, row, code in extended[:beam]
+            for total, row, code in extended[: beam if level + 1 == runtime.levels else prefix_beam]
         ]
     return [(prefix, score) for prefix, score, _ in beams]
 
@@ -160,11 +161,27 @@ def test_beam_search_matches_reference(tmp_path, search, level_decay):
     trie = TrieReader(tmp_path / "t.lmdb")
     runtime = _random_runtime(rng, levels=3, codes=6, dim=8, hidden=5)
     queries = rng.standard_normal((6, 8)).astype(np.float32)
-    for beam in (1, 7, 50):
-        for query, decoded in zip(queries, search(runtime, trie, queries, beam, level_decay)):
-            expected = _reference_beam_search(runtime, trie, query, beam, level_decay)
+    # Prefix beams narrower and wider than the beam, and 2, which keeps fewer prefixes than
+    # there are first codes.
+    for beam, prefix_beam in ((1, None), (7, None), (50, None), (7, 2), (50, 7), (3, 40)):
+        for query, decoded in zip(queries, search(runtime, trie, queries, beam, level_decay, prefix_beam)):
+            expected = _reference_beam_search(runtime, trie, query, beam, level_decay, prefix_beam)
             assert [d.codes for d in decoded] == [prefix for prefix, _ in expected]
             np.testing.assert_allclose([d.log_prob for d in decoded], [score for _, score in expected], rtol=1e-5)
+
+
+@pytest.mark.parametrize("search", [beam_search, beam_search_numpy], ids=["compiled", "numpy"])
+def test_prefix_beam_one_keeps_greedy_prefix(tmp_path, search):
+    rng = np.random.default_rng(8)
+    write_trie(tmp_path / "t.lmdb", rng.integers(0, 6, size=(300, 2, 3), dtype=np.uint16), [6, 6, 6])
+    trie = TrieReader(tmp_path / "t.lmdb")
+    runtime = _random_runtime(rng, levels=3, codes=6, dim=8, hidden=5)
+    for query in rng.standard_normal((5, 8)).astype(np.float32):
+        (greedy,) = search(runtime, trie, query[None], 1)
+        (decoded,) = search(runtime, trie, query[None], 10, prefix_beam=1)
+        # Every ID is a child of the greedy search's two-code prefix, and all of its children are there.
+        assert {d.codes[:2] for d in decoded} == {greedy[0].codes[:2]}
+        assert sorted(d.codes[2] for d in decoded) == sorted(trie.children(greedy[0].codes[:2]).tolist())
 
 
 @pytest.fixture
@@ -182,10 +199,10 @@ def test_compiled_recall_matches_numpy_path(large_trie_and_runtime, level_decay)
     pytest.importorskip("numba")
     trie, runtime = large_trie_and_runtime
     queries = np.random.default_rng(3).standard_normal((40, 48)).astype(np.float32)
-    for beam in (1, 5, 20, 200):
-        compiled = beam_search(runtime, trie, queries, beam, level_decay)
-        reference = beam_search_numpy(runtime, trie, queries, beam, level_decay)
-        pools = recall_pools(runtime, trie, queries, beam, max_candidates=150, level_decay=level_decay)
+    for beam, prefix_beam in ((1, None), (5, None), (20, None), (200, None), (200, 20), (20, 200)):
+        compiled = beam_search(runtime, trie, queries, beam, level_decay, prefix_beam)
+        reference = beam_search_numpy(runtime, trie, queries, beam, level_decay, prefix_beam)
+        pools = recall_pools(runtime, trie, queries, beam, max_candidates=150, level_decay=level_decay, prefix_beam=prefix_beam)
         for decoded, expected, pool in zip(compiled, reference, pools):
             _assert_same_ids_up_to_near_ties(decoded, expected)
             np.testing.assert_allclose([d.log_prob for d in decoded], [d.log_prob for d in expected], rtol=1e-5, atol=1e-6)
@@ -193,6 +210,12 @@ def test_compiled_recall_matches_numpy_path(large_trie_and_runtime, level_decay)
             np.testing.assert_array_equal(candidates_from_ids(trie, decoded, max_candidates=150), pool)
             if [d.codes for d in decoded] == [d.codes for d in expected]:
                 np.testing.assert_array_equal(pool, candidates_from_ids_numpy(trie, expected, max_candidates=150))
+
+
+@pytest.mark.parametrize("search", [beam_search, beam_search_numpy], ids=["compiled", "numpy"])
+def test_beam_search_rejects_prefix_beam_zero(trie, search):
+    with pytest.raises(InvalidInputError, match="prefix_beam must be >= 1, got 0"):
+        search(_runtime(), trie, np.eye(4, dtype=np.float32)[:1], 3, prefix_beam=0)
 
 
 @pytest.mark.parametrize("level_decay", [0.0, -0.5, 1.5, float("nan"), True, "0.5"])
