@@ -60,7 +60,7 @@ def main() -> None:
         "beam": args.beam,
         "max_candidates": args.max_candidates,
         "level_decay": args.level_decay,
-        "prefix_beam": args.prefix_beam,
+        "prefix_beam": args.beam if args.prefix_beam is None else args.prefix_beam,
         "total_ms": percentiles(totals),
         "recall_ms": percentiles(recall),
         "rerank_ms": percentiles(rerank),

@@ -148,10 +148,12 @@ def _sweep_section(result: dict[str, Any]) -> list[str]:
         "",
         f"![recall vs candidates]({SWEEP_PLOT})",
         "",
-        "| beam | mean candidates | candidate hit | R@10 |",
-        "|---:|---:|---:|---:|",
+        "| beam | prefix beam | mean candidates | candidate hit | R@10 |",
+        "|---:|---:|---:|---:|---:|",
     ]
-    lines += [f"| {p['beam']} | {p['mean_candidates']:.1f} | {p['candidate_hit']:.3f} | {p['r10']:.3f} |" for p in result["beam_sweep"]]
+    lines += [
+        f"| {p['beam']} | {p['prefix_beam']} | {p['mean_candidates']:.1f} | {p['candidate_hit']:.3f} | {p['r10']:.3f} |" for p in result["beam_sweep"]
+    ]
     return lines
 
 

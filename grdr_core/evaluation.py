@@ -108,6 +108,7 @@ class MethodRun:
 @dataclass(frozen=True)
 class SweepPoint:
     beam: int
+    prefix_beam: int
     r10: float
     candidate_hit: float
     mean_candidates: float
@@ -303,7 +304,8 @@ def beam_sweep(searcher: Searcher, embeddings: np.ndarray, truth: Sequence[np.nd
     for beam in sorted(set(config.sweep_beams)):
         ranked, candidates = _grdr_pools(searcher, embeddings, beam, config)
         hit = np.mean([np.isin(pool, t).any() for pool, t in zip(ranked, truth)])
-        points.append(SweepPoint(beam, recall_at(_ranks(ranked, truth), 10), float(hit), float(np.mean(candidates))))
+        prefix_beam = beam if config.prefix_beam is None else config.prefix_beam
+        points.append(SweepPoint(beam, prefix_beam, recall_at(_ranks(ranked, truth), 10), float(hit), float(np.mean(candidates))))
         logger.info("Beam %d: R@10 %.3f, candidate hit %.3f, %.1f candidates", beam, points[-1].r10, hit, points[-1].mean_candidates)
     return points
 

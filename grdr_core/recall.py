@@ -46,9 +46,10 @@ def beam_search(
     the log-softmax, which raises that level's temperature, so below 1 the deeper codes
     weigh less in the ranking (on MSVD, whose queried videos have no training caption,
     0.8 recalled slightly more than 1). The levels before the last keep ``prefix_beam``
-    prefixes (default: ``beam``); the cost of a query grows with it, not with ``beam``,
-    because every kept prefix needs a retriever step. Returns, per query, the surviving
-    full IDs best first (ties broken by beam row, then code).
+    prefixes (default: ``beam``). The cost of a query grows mostly with it, because every
+    kept prefix needs a retriever step, while a full ID kept at the last level needs none.
+    Returns, per query, the surviving full IDs best first (ties broken by beam row, then
+    code).
     """
     return [
         [DecodedId(codes=tuple(codes), log_prob=score) for codes, score in zip(paths.tolist(), scores.tolist())]
@@ -150,8 +151,10 @@ def _decode(
         table.codes,
         table.first_child,
         table.child_count,
-        beam,
-        prefix_beam,
+        # Python ints, so that NumPy integer types (np.uint64 among them) neither change the
+        # kernel's integer arithmetic nor compile it again.
+        int(beam),
+        int(prefix_beam),
     )
 
     counts_list = counts.tolist()

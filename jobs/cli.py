@@ -468,7 +468,7 @@ QUERY_FILE_HELP = (
 QUERY_FILE_BATCH = 256  # queries per encoder and recall call
 PREFIX_BEAM_HELP = (
     "Prefixes kept at each level of beam search before the last, which keeps --beam full IDs [default: the beam]. "
-    "A query costs about as much as this number of prefixes: a smaller value is faster and may miss videos."
+    "Each kept prefix costs one step of the retriever, so a smaller value makes recall faster and may miss videos."
 )
 LEVEL_DECAY_HELP = "Factor on the logits of each deeper level of beam search: level l's logits are scaled by this to the power l before the log-softmax, so below 1 the deeper codes weigh less."
 

@@ -17,7 +17,7 @@ from grdr_core.embedding_index import build_index_from_embeddings
 from grdr_core.errors import InvalidInputError
 from grdr_core.eval_metrics import first_relevant_rank, latency_percentiles, order_by_score, rank_summary, recall_at
 from grdr_core.eval_queries import read_queries
-from grdr_core.evaluation import EvalConfig, evaluate, run_baseline, run_grdr, summary
+from grdr_core.evaluation import EvalConfig, beam_sweep, evaluate, run_baseline, run_grdr, summary
 from grdr_core.quantize import QuantizerConfig
 from grdr_core.search import exact_dense_search
 from grdr_core.searcher import Searcher
@@ -307,9 +307,12 @@ def test_eval_passes_prefix_beam_to_grdr(trained_index, queries_file):
         run = run_grdr(searcher, queries.embeddings, queries.truth, config, {}, None)
         narrow = searcher.search_embeddings(queries.embeddings, k=config.depth, max_candidates=100, prefix_beam=2)
         full = searcher.search_embeddings(queries.embeddings, k=config.depth, max_candidates=100)
+        sweep = beam_sweep(searcher, queries.embeddings, queries.truth, EvalConfig(max_candidates=100, prefix_beam=2, sweep_beams=(5, 20)))
     np.testing.assert_array_equal(run.candidates, [r.candidates for r in narrow])
     assert run.candidates.sum() < sum(r.candidates for r in full)
     assert (run.settings["beam"], run.settings["prefix_beam"]) == (config.beam, 2)
+    # A prefix beam that is set stays fixed across the sweep's beams.
+    assert [(p.beam, p.prefix_beam) for p in sweep] == [(5, 2), (20, 2)]
     with pytest.raises(InvalidInputError, match="prefix_beam must be an integer"):
         EvalConfig(prefix_beam=0)
 
@@ -329,7 +332,7 @@ def test_eval_report_renders(trained_index, queries_file, tmp_path):
         with Image.open(path) as image:
             assert image.size[0] >= 600
             assert image.size[1] >= 400
-    assert "| beam | mean candidates |" in text
+    assert "| beam | prefix beam | mean candidates |" in text
     assert "grdr is measured on the full index only" in text
 
 
@@ -358,6 +361,7 @@ def test_eval_sweeps_cover_beams_and_sizes(trained_index, queries_file):
     result = summary(evaluate(trained_index, queries_file, config, sweeps=True))
     sweep = result["beam_sweep"]
     assert [p["beam"] for p in sweep] == [5, 20]
+    assert [p["prefix_beam"] for p in sweep] == [5, 20]
     assert sweep[0]["mean_candidates"] <= sweep[1]["mean_candidates"]
     assert sweep[0]["candidate_hit"] <= sweep[1]["candidate_hit"]
     sizes = {(p["method"], p["videos"]) for p in result["latency_vs_corpus_size"]["points"]}

@@ -213,6 +213,17 @@ def test_compiled_recall_matches_numpy_path(large_trie_and_runtime, level_decay)
 
 
 @pytest.mark.parametrize("search", [beam_search, beam_search_numpy], ids=["compiled", "numpy"])
+def test_numpy_integer_beams_are_accepted(large_trie_and_runtime, search):
+    trie, runtime = large_trie_and_runtime
+    queries = np.random.default_rng(6).standard_normal((3, 48)).astype(np.float32)
+    expected = [[d.codes for d in ids] for ids in search(runtime, trie, queries, 20, prefix_beam=5)]
+    # Numba would mix uint64 and int64 into float64, which no array shape accepts.
+    for beam, prefix_beam in ((np.uint64(20), 5), (20, np.uint64(5)), (np.int32(20), np.uint8(5))):
+        decoded = search(runtime, trie, queries, beam, prefix_beam=prefix_beam)
+        assert [[d.codes for d in ids] for ids in decoded] == expected
+
+
+@pytest.mark.parametrize("search", [beam_search, beam_search_numpy], ids=["compiled", "numpy"])
 def test_beam_search_rejects_prefix_beam_zero(trie, search):
     with pytest.raises(InvalidInputError, match="prefix_beam must be >= 1, got 0"):
         search(_runtime(), trie, np.eye(4, dtype=np.float32)[:1], 3, prefix_beam=0)
