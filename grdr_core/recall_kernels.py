@@ -387,7 +387,6 @@ def first_occurrences_in_ranges(ordinals, starts, ends, limit):  # type: ignore[
     return result[:count]
 
 
-
 # 2^112 moves a float16 exponent (bias 15) to float32's (bias 127). The product is exact
 # for every finite float16 value, subnormals included, unless denormals are flushed.
 _HALF_TO_SINGLE_SCALE = np.float32(2.0**112)
