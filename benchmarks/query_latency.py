@@ -19,7 +19,7 @@ import time
 import numpy as np
 import pyarrow.parquet as pq
 
-from grdr_core.query_checks import DEFAULT_BEAM, DEFAULT_LEVEL_DECAY, DEFAULT_MAX_CANDIDATES
+from grdr_core.query_checks import DEFAULT_BEAM, DEFAULT_LEVEL_DECAY, DEFAULT_MAX_CANDIDATES, resolve_prefix_beam
 from grdr_core.searcher import Searcher
 
 
@@ -60,7 +60,7 @@ def main() -> None:
         "beam": args.beam,
         "max_candidates": args.max_candidates,
         "level_decay": args.level_decay,
-        "prefix_beam": args.beam if args.prefix_beam is None else args.prefix_beam,
+        "prefix_beam": resolve_prefix_beam(args.beam, args.prefix_beam),
         "total_ms": percentiles(totals),
         "recall_ms": percentiles(recall),
         "rerank_ms": percentiles(rerank),

@@ -32,7 +32,7 @@ from grdr_core.eval_metrics import first_relevant_rank, latency_percentiles, ran
 from grdr_core.eval_queries import QueryFileReport, QuerySet, read_queries
 from grdr_core.retriever_runtime import CONFIG_FILE as RETRIEVER_CONFIG
 from grdr_core.retriever_runtime import WEIGHTS_FILE as RETRIEVER_WEIGHTS
-from grdr_core.query_checks import DEFAULT_BEAM, DEFAULT_LEVEL_DECAY, DEFAULT_MAX_CANDIDATES, check_level_decay, check_prefix_beam
+from grdr_core.query_checks import DEFAULT_BEAM, DEFAULT_LEVEL_DECAY, DEFAULT_MAX_CANDIDATES, check_level_decay, check_prefix_beam, resolve_prefix_beam
 from grdr_core.searcher import Searcher
 from grdr_schemas.index import IndexLayout
 
@@ -253,7 +253,7 @@ def run_grdr(
         bytes_per_video={name: size / count for name, size in sizes.items()},
         settings={
             "beam": config.beam,
-            "prefix_beam": config.beam if config.prefix_beam is None else config.prefix_beam,
+            "prefix_beam": resolve_prefix_beam(config.beam, config.prefix_beam),
             "max_candidates": config.max_candidates,
             "level_decay": config.level_decay,
             "videos": count,
@@ -304,8 +304,7 @@ def beam_sweep(searcher: Searcher, embeddings: np.ndarray, truth: Sequence[np.nd
     for beam in sorted(set(config.sweep_beams)):
         ranked, candidates = _grdr_pools(searcher, embeddings, beam, config)
         hit = np.mean([np.isin(pool, t).any() for pool, t in zip(ranked, truth)])
-        prefix_beam = beam if config.prefix_beam is None else config.prefix_beam
-        points.append(SweepPoint(beam, prefix_beam, recall_at(_ranks(ranked, truth), 10), float(hit), float(np.mean(candidates))))
+        points.append(SweepPoint(beam, resolve_prefix_beam(beam, config.prefix_beam), recall_at(_ranks(ranked, truth), 10), float(hit), float(np.mean(candidates))))
         logger.info("Beam %d: R@10 %.3f, candidate hit %.3f, %.1f candidates", beam, points[-1].r10, hit, points[-1].mean_candidates)
     return points
 

@@ -59,14 +59,23 @@ def check_query_text(text: object, position: int | None = None) -> None:
 def check_query_limits(k: int, beam: int, max_candidates: int) -> None:
     """Raise ``InvalidInputError`` when ``k``, ``beam`` or ``max_candidates`` is out of range."""
     for name, value, maximum in (("k", k, MAX_K), ("beam", beam, MAX_BEAM), ("max_candidates", max_candidates, MAX_CANDIDATES)):
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not 1 <= value <= maximum:
-            raise InvalidInputError(f"{name} must be an integer in [1, {maximum}], got {value!r}")
+        _check_count(name, value, maximum)
 
 
 def check_prefix_beam(prefix_beam: object) -> None:
     """Raise ``InvalidInputError`` unless ``prefix_beam`` is None (follow the beam) or an integer in [1, ``MAX_BEAM``]."""
-    if prefix_beam is not None and (isinstance(prefix_beam, bool) or not isinstance(prefix_beam, numbers.Integral) or not 1 <= prefix_beam <= MAX_BEAM):
-        raise InvalidInputError(f"prefix_beam must be an integer in [1, {MAX_BEAM}], got {prefix_beam!r}")
+    if prefix_beam is not None:
+        _check_count("prefix_beam", prefix_beam, MAX_BEAM)
+
+
+def resolve_prefix_beam(beam: int, prefix_beam: int | None) -> int:
+    """Return the prefixes that beam search keeps before its last level: ``prefix_beam``, or ``beam`` when it is None."""
+    return beam if prefix_beam is None else prefix_beam
+
+
+def _check_count(name: str, value: object, maximum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not 1 <= value <= maximum:
+        raise InvalidInputError(f"{name} must be an integer in [1, {maximum}], got {value!r}")
 
 
 def check_level_decay(level_decay: object) -> None:

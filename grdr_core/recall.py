@@ -15,7 +15,7 @@ from types import ModuleType
 import numpy as np
 
 from grdr_core.errors import IndexFormatError, InvalidInputError
-from grdr_core.query_checks import DEFAULT_LEVEL_DECAY, check_level_decay
+from grdr_core.query_checks import DEFAULT_LEVEL_DECAY, check_level_decay, resolve_prefix_beam
 from grdr_core.retriever_runtime import RetrieverRuntime
 from grdr_core.trie import PrefixTable, TrieReader
 
@@ -121,7 +121,7 @@ def _decode(
     runtime: RetrieverRuntime, trie: TrieReader, queries: np.ndarray, beam: int, level_decay: float, prefix_beam: int | None
 ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
     """Beam-search each query; return per query its IDs ``(n, levels)``, their scores ``(n,)`` and, from the kernel, their positions in the prefix table ``(n,)``, best first."""
-    prefix_beam = beam if prefix_beam is None else prefix_beam
+    prefix_beam = resolve_prefix_beam(beam, prefix_beam)
     queries = _check_arguments(runtime, trie, queries, beam, level_decay, prefix_beam)
     if len(queries) == 0:
         return []
@@ -175,7 +175,7 @@ def beam_search_numpy(
     runtime: RetrieverRuntime, trie: TrieReader, queries: np.ndarray, beam: int, level_decay: float = DEFAULT_LEVEL_DECAY, prefix_beam: int | None = None
 ) -> list[list[DecodedId]]:
     """Return what ``beam_search`` returns, computed with a fixed number of NumPy calls per level."""
-    prefix_beam = beam if prefix_beam is None else prefix_beam
+    prefix_beam = resolve_prefix_beam(beam, prefix_beam)
     queries = _check_arguments(runtime, trie, queries, beam, level_decay, prefix_beam)
     num_queries = len(queries)
     level_scales = _level_scales(runtime.levels, level_decay)

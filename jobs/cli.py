@@ -14,7 +14,7 @@ from typing import Any
 import click
 
 from grdr_core.errors import GrdrError
-from grdr_core.query_checks import DEFAULT_BEAM, DEFAULT_LEVEL_DECAY, DEFAULT_MAX_CANDIDATES, MAX_BEAM, MAX_CANDIDATES, MAX_K
+from grdr_core.query_checks import DEFAULT_BEAM, DEFAULT_LEVEL_DECAY, DEFAULT_MAX_CANDIDATES, MAX_BEAM, MAX_CANDIDATES, MAX_K, resolve_prefix_beam
 from grdr_core.versions import DEFAULT_KEEP
 from grdr_schemas.build import DEFAULT_FILES_PER_UNIT
 from grdr_schemas.index import INDEX_FORMAT_VERSION
@@ -698,7 +698,7 @@ def _query_payload(text: str | None, result: Any, limits: QueryLimits) -> dict[s
     payload.update(
         {
             "beam": limits.beam,
-            "prefix_beam": limits.beam if limits.prefix_beam is None else limits.prefix_beam,
+            "prefix_beam": resolve_prefix_beam(limits.beam, limits.prefix_beam),
             "max_candidates": limits.max_candidates,
             "level_decay": limits.level_decay,
             "results": [asdict(h) for h in result.hits],
